@@ -1,0 +1,52 @@
+"""Default config: scikit-learn's 8x8 digits, offline, about a minute on CPU.
+
+Every field can be overridden on the command line, e.g.
+`--config.inner.l2reg=0.01`. Variants import this file and change a few fields.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Initial images and minibatch order.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = 'digits'  # mnist | fashion_mnist | cifar10 | digits
+  # A directory of MNIST-format idx .gz files, read instead of TFDS.
+  config.data.idx_dir = config_dict.placeholder(str)
+  config.data.tfds_data_dir = config_dict.placeholder(str)  # Passed to TFDS.
+  config.data.validation_size = 200  # Carved from the training split.
+  config.data.split_seed = 0  # Fixes which training examples validate.
+  # Training examples per outer step (all devices together); unset: all.
+  config.data.outer_batch_size = config_dict.placeholder(int)
+
+  config.distill = ml_collections.ConfigDict()
+  config.distill.images_per_class = 1
+  config.distill.image_init = 'noise'  # N(0, 1) / num_pixels, as the seed.
+
+  config.inner = ml_collections.ConfigDict()
+  config.inner.solver = 'gradient_descent'  # gradient_descent | lbfgs
+  config.inner.tol = 1e-3  # Stop when the gradient norm is below this.
+  config.inner.maxiter = 500
+  config.inner.l2reg = 0.1  # Makes the inner problem strongly convex.
+  config.inner.init = 'ones'  # ones | zeros: the solver's starting point.
+  config.inner.warm_start = False  # Start from the previous step's solution.
+  # Linear solve of the implicit gradient: normal_cg (jaxopt's default) | cg.
+  config.inner.implicit_solve = 'normal_cg'
+  config.inner.implicit_tol = 1e-5  # Its relative residual tolerance.
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'adam'  # sgd | momentum | adam
+  config.optimizer.learning_rate = 0.01
+  config.optimizer.momentum = 0.9  # Used by `momentum` only.
+
+  config.num_steps = 200  # Outer steps.
+  config.steps_per_dispatch = 1  # Outer steps per device call (lax.scan).
+  config.log_every_steps = 10
+  config.progress_every_secs = 10.0  # Steps/s and ETA in the log.
+  config.eval_every_steps = 50  # Validation accuracy of the inner model.
+  config.checkpoint_every_steps = 50
+  config.max_checkpoints_to_keep = 3
+  return config

@@ -1,0 +1,1 @@
+"""Dataset distillation by bi-level optimization with implicit differentiation."""

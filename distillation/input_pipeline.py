@@ -1,0 +1,185 @@
+"""Loads whole dataset splits into host memory as flat float32 arrays.
+
+The outer problem reads the full training split at every step, so the data is
+held in memory (and later on device) instead of streamed. Three sources share
+one interface, `load_split`: TFDS, a directory of MNIST-format idx files, and
+scikit-learn's bundled 8x8 digits. TFDS and scikit-learn are imported only
+when their source is used, so the algorithmic core needs neither.
+"""
+
+import dataclasses
+import gzip
+import os
+
+import ml_collections
+import numpy as np
+
+from distillation import errors
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  image_shape: tuple[int, int, int]  # (height, width, channels)
+
+  @property
+  def num_pixels(self) -> int:
+    return int(np.prod(self.image_shape))
+
+
+DATASETS = {
+    'mnist': DatasetInfo(10, (28, 28, 1)),
+    'fashion_mnist': DatasetInfo(10, (28, 28, 1)),
+    'cifar10': DatasetInfo(10, (32, 32, 3)),
+    'digits': DatasetInfo(10, (8, 8, 1)),
+}
+IDX_DATASETS = ('mnist', 'fashion_mnist')
+SPLITS = ('train', 'test')
+_IDX_FILES = {
+    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
+}
+_DIGITS_TEST_SIZE = 360  # ~20% of the 1797 digits, held out with a fixed seed.
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """Examples of one split: `images` (n, num_pixels) in [0, 1], `labels` (n,)."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def take(self, index: np.ndarray) -> 'Split':
+    return Split(self.images[index], self.labels[index])
+
+
+def dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
+  """Returns the static description of `data_config.dataset`."""
+  name = data_config.dataset
+  if name not in DATASETS:
+    raise errors.UserError(
+        f'config.data.dataset={name!r} is unknown; use one of '
+        f'{", ".join(sorted(DATASETS))}.')
+  if data_config.get('idx_dir') and name not in IDX_DATASETS:
+    raise errors.UserError(
+        f'config.data.idx_dir is set but config.data.dataset={name!r} has no '
+        f'idx format; use it with {" or ".join(IDX_DATASETS)}.')
+  return DATASETS[name]
+
+
+def load_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
+  """Loads `split` ('train' or 'test') of the configured dataset."""
+  info = dataset_info(data_config)
+  if split not in SPLITS:
+    raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+  if data_config.get('idx_dir'):
+    images, labels = _load_idx(data_config.idx_dir, split)
+  elif data_config.dataset == 'digits':
+    images, labels = _load_digits(split)
+  else:
+    images, labels = _load_tfds(data_config.dataset, split,
+                                data_config.get('tfds_data_dir'))
+  if images.shape[1:] != info.image_shape:
+    raise errors.UserError(
+        f'{data_config.dataset} images have shape {images.shape[1:]}, '
+        f'expected {info.image_shape}; check config.data.dataset and the data '
+        'source.')
+  if labels.min() < 0 or labels.max() >= info.num_classes:
+    raise errors.UserError(
+        f'{data_config.dataset} labels must lie in [0, {info.num_classes}); '
+        f'found [{labels.min()}, {labels.max()}].')
+  return Split(images.reshape(len(images), -1).astype(np.float32),
+               labels.astype(np.int32))
+
+
+def train_validation_split(train: Split, validation_size: int,
+                           seed: int) -> tuple[Split, Split]:
+  """Carves a validation split of `validation_size` examples out of `train`."""
+  if not 1 <= validation_size < len(train):
+    raise errors.UserError(
+        f'config.data.validation_size={validation_size} must be in '
+        f'[1, {len(train)}) for a training split of {len(train)} examples.')
+  order = np.random.default_rng(seed).permutation(len(train))
+  return train.take(np.sort(order[validation_size:])), train.take(
+      np.sort(order[:validation_size]))
+
+
+def load_train_and_validation(
+    data_config: ml_collections.ConfigDict) -> tuple[Split, Split]:
+  return train_validation_split(
+      load_split(data_config, 'train'), data_config.validation_size,
+      data_config.split_seed)
+
+
+def _load_tfds(name: str, split: str,
+               data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    # Batches concatenated on the host: TFDS's `batch_size=-1` reads a whole
+    # split as one tensor, which aborts the process on some datasets.
+    batches = list(tfds.as_numpy(tfds.load(
+        name, split=split, data_dir=data_dir, as_supervised=True).batch(
+            10_000)))
+  except Exception as e:  # TFDS raises many types; all mean "not available".
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    raise errors.UserError(
+        f'TFDS could not load {name!r} split {split!r} ({type(e).__name__}: '
+        f'{first_line}); prepare it where config.data.tfds_data_dir points, '
+        'or use config.data.idx_dir for MNIST-format files.') from e
+  images, labels = (np.concatenate(parts) for parts in zip(*batches))
+  return images.astype(np.float32) / 255.0, labels
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads one gzipped idx file (the MNIST format) of unsigned bytes."""
+  try:
+    with gzip.open(path, 'rb') as f:
+      data = f.read()
+  except OSError as e:
+    raise errors.UserError(f'cannot read idx file {path}: {e}; '
+                           'config.data.idx_dir must hold gzipped idx files.'
+                          ) from e
+  if len(data) < 4 or data[:2] != b'\0\0' or data[2] != 0x08:
+    raise errors.UserError(f'{path} is not an idx file of unsigned bytes '
+                           '(bad magic number).')
+  ndim = data[3]
+  header = 4 + 4 * ndim
+  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big')
+                for i in range(ndim))
+  if len(data) != header + int(np.prod(shape)):
+    raise errors.UserError(
+        f'{path} is truncated or malformed: header says shape {shape}, '
+        f'file has {len(data) - header} data bytes.')
+  return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+
+
+def _load_idx(idx_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  if not os.path.isdir(idx_dir):
+    raise errors.UserError(
+        f'config.data.idx_dir={idx_dir!r} is not a directory; point it at the '
+        f'folder holding {", ".join(_IDX_FILES["train"] + _IDX_FILES["test"])}.'
+    )
+  image_file, label_file = (os.path.join(idx_dir, f) for f in _IDX_FILES[split])
+  for path in (image_file, label_file):
+    if not os.path.isfile(path):
+      raise errors.UserError(
+          f'config.data.idx_dir={idx_dir!r} lacks {os.path.basename(path)}.')
+  images, labels = read_idx(image_file), read_idx(label_file)
+  if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+    raise errors.UserError(
+        f'{idx_dir}: {split} images {images.shape} and labels {labels.shape} '
+        'do not match; expected (n, height, width) and (n,).')
+  return images[..., None].astype(np.float32) / 255.0, labels
+
+
+def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  order = np.random.default_rng(0).permutation(len(digits.target))
+  index = order[_DIGITS_TEST_SIZE:] if split == 'train' else order[
+      :_DIGITS_TEST_SIZE]
+  index = np.sort(index)
+  images = digits.images[index][..., None].astype(np.float32) / 16.0
+  return images, digits.target[index]

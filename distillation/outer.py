@@ -1,0 +1,223 @@
+"""The outer problem: learn the distilled images by gradient descent.
+
+Pure JAX (with flax, optax and, through `inner`, jaxopt): the state, its
+initialization and the step functions. The loop, checkpoints and metric
+writers live in `train_lib`.
+
+One outer step: solve the inner problem on the distilled set, evaluate the
+cross-entropy of the inner solution W* on this device's training shard,
+sum dLoss/dW* over all devices, and pull that cotangent back through the
+implicit-differentiation rule of the inner solver to get the hypergradient.
+The cotangent is reduced before the implicit backward pass, so the linear
+system of the implicit function theorem is solved once, with the same
+right-hand side on every device, whatever the number of devices.
+"""
+
+from collections.abc import Callable
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from distillation import errors
+from distillation import inner
+from distillation import input_pipeline
+from distillation import models
+from distillation import parallel
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+OPTIMIZERS = ('sgd', 'momentum', 'adam')
+IMAGE_INITS = ('noise',)
+
+
+class OuterState(flax.struct.PyTreeNode):
+  """Everything that determines the rest of a run.
+
+  Attributes:
+    step: number of outer updates applied so far.
+    params: the learned outer parameters, {'images': (k, num_pixels)}.
+    opt_state: the Optax state of `params`.
+    inner_params: the inner solution of the last step (for warm starts).
+    rng: base key; step s uses fold_in(rng, s), so nothing else is saved.
+  """
+  step: jax.Array
+  params: dict[str, jax.Array]
+  opt_state: optax.OptState
+  inner_params: Any
+  rng: jax.Array
+
+
+class Distiller:
+  """Binds a config to the model, the inner solver and the outer optimizer.
+
+  Construction checks every config value it uses, so a bad config fails
+  before any data is read or any file is written.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.info = input_pipeline.dataset_info(config.data)
+    ipc = config.distill.images_per_class
+    if ipc < 1:
+      raise errors.UserError(
+          f'config.distill.images_per_class={ipc} must be at least 1.')
+    if not config.inner.l2reg > 0:
+      raise errors.UserError(
+          f'config.inner.l2reg={config.inner.l2reg} must be positive: it '
+          'makes the inner problem strongly convex, so its solution and the '
+          'implicit gradient exist.')
+    if config.distill.image_init not in IMAGE_INITS:
+      raise errors.UserError(
+          f'config.distill.image_init={config.distill.image_init!r} is '
+          f'unknown; use one of {", ".join(IMAGE_INITS)}.')
+    self.model = models.LinearClassifier(self.info.num_classes)
+    self.solve = inner.make_solver(config.inner, self.model.apply)
+    self.optimizer = make_optimizer(config.optimizer)
+    # Class-major labels: examples [c * ipc, (c + 1) * ipc) belong to class c.
+    self.labels = np.repeat(np.arange(self.info.num_classes), ipc)
+    self.abstract_inner_params = jax.eval_shape(
+        self.model.init, jax.random.PRNGKey(0),
+        jnp.zeros((1, self.info.num_pixels)))
+    self.inner_init = inner.init_params(config.inner,
+                                        self.abstract_inner_params)
+
+  @property
+  def num_distilled(self) -> int:
+    return len(self.labels)
+
+  def init_state(self, rng: jax.Array) -> OuterState:
+    """The state at step 0: images drawn as N(0, 1) / num_pixels."""
+    init_rng, rng = jax.random.split(rng)
+    images = jax.random.normal(
+        init_rng, (self.num_distilled, self.info.num_pixels)
+    ) / self.info.num_pixels
+    params = {'images': images}
+    return OuterState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        opt_state=self.optimizer.init(params), inner_params=self.inner_init,
+        rng=rng)
+
+  def hyperparams(
+      self, params: dict[str, jax.Array]
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Maps outer parameters to the inner problem's (l2reg, images, targets)."""
+    targets = jax.nn.one_hot(self.labels, self.info.num_classes)
+    return jnp.asarray(self.config.inner.l2reg), params['images'], targets
+
+  def fit_inner(self, params: dict[str, jax.Array],
+                init: Any = None) -> inner.InnerResult:
+    """Fits the classifier on the distilled set given by `params`."""
+    l2reg, images, targets = self.hyperparams(params)
+    init = self.inner_init if init is None else init
+    init = jax.tree.map(lambda p: jnp.asarray(p, images.dtype), init)
+    return self.solve(init, l2reg, images, targets)
+
+  def _batch_loss(self, inner_params, batch: Batch):
+    """Sum of cross-entropies over `batch` (masked), and #correct."""
+    logits = self.model.apply(inner_params, batch['images'])
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch['labels'])
+    correct = jnp.argmax(logits, -1) == batch['labels']
+    return jnp.sum(batch['mask'] * losses), jnp.sum(batch['mask'] * correct)
+
+  def _select_batch(self, shard: Batch, rng: jax.Array) -> Batch:
+    """The full shard, or a minibatch sampled from its real (unmasked) rows."""
+    batch_size = self.config.data.get('outer_batch_size')
+    if not batch_size:
+      return shard
+    local = batch_size // jax.lax.axis_size(parallel.AXIS)
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.AXIS))
+    num_real = jnp.sum(shard['mask']).astype(jnp.int32)
+    index = jax.random.randint(rng, (local,), 0, num_real)
+    return jax.tree.map(lambda x: x[index], shard)
+
+  def loss_and_hypergradient(
+      self, params: dict[str, jax.Array], batch: Batch, init: Any = None
+  ) -> tuple[dict[str, jax.Array], Metrics, Any]:
+    """Outer loss over `batch` on all devices and its gradient wrt `params`.
+
+    Runs under `parallel.pmap` (collectives on AXIS). Returns the
+    hypergradient, the step's metrics and the inner solution.
+    """
+
+    def inner_solution(params):
+      result = self.fit_inner(params, init)
+      return result.params, (result.iterations, result.error)
+
+    inner_params, pullback, (iterations, error) = jax.vjp(
+        inner_solution, params, has_aux=True)
+    (loss_sum, correct), dparams = jax.value_and_grad(
+        self._batch_loss, has_aux=True)(inner_params, batch)
+    count = jnp.sum(batch['mask'])
+    loss_sum, correct, count, dparams = jax.lax.psum(
+        (loss_sum, correct, count, dparams), parallel.AXIS)
+    (grads,) = pullback(jax.tree.map(lambda g: g / count, dparams))
+    metrics = {
+        'loss': loss_sum / count,
+        'accuracy': correct / count,
+        'grad_norm': optax.tree.norm(grads),
+        'inner_iterations': iterations,
+        'inner_error': error,
+    }
+    return grads, metrics, inner_params
+
+  def train_step(self, state: OuterState,
+                 shard: Batch) -> tuple[OuterState, Metrics]:
+    """One outer update; runs under `parallel.pmap`."""
+    batch = self._select_batch(shard, jax.random.fold_in(state.rng, state.step))
+    grads, metrics, inner_params = self.loss_and_hypergradient(
+        state.params, batch,
+        state.inner_params if self.config.inner.warm_start else None)
+    updates, opt_state = self.optimizer.update(grads, state.opt_state,
+                                               state.params)
+    new_state = state.replace(
+        step=state.step + 1, params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state, inner_params=inner_params)
+    return new_state, metrics
+
+  def train_steps(self, state: OuterState, shard: Batch, *,
+                  num_steps: int) -> tuple[OuterState, Metrics]:
+    """`num_steps` outer updates in one dispatch; metrics stacked per step."""
+    return jax.lax.scan(lambda s, _: self.train_step(s, shard), state,
+                        length=num_steps)
+
+  def eval_step(self, params: dict[str, jax.Array],
+                shard: Batch) -> Metrics:
+    """Loss and accuracy on `shard` of the inner model fit from scratch."""
+    inner_params = self.fit_inner(params).params
+    loss_sum, correct = self._batch_loss(inner_params, shard)
+    loss_sum, correct, count = jax.lax.psum(
+        (loss_sum, correct, jnp.sum(shard['mask'])), parallel.AXIS)
+    return {'loss': loss_sum / count, 'accuracy': correct / count}
+
+  def pmapped_train_steps(self, num_steps: int) -> Callable:
+    return parallel.pmap(
+        functools.partial(self.train_steps, num_steps=num_steps),
+        donate_state=True)
+
+  def pmapped_eval_step(self) -> Callable:
+    return parallel.pmap(self.eval_step)
+
+
+def make_optimizer(
+    opt_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The Optax optimizer of the outer parameters."""
+  lr = opt_config.learning_rate
+  if not lr > 0:
+    raise errors.UserError(
+        f'config.optimizer.learning_rate={lr} must be positive.')
+  if opt_config.name == 'sgd':
+    return optax.sgd(lr)
+  if opt_config.name == 'momentum':
+    return optax.sgd(lr, momentum=opt_config.momentum)
+  if opt_config.name == 'adam':
+    return optax.adam(lr)
+  raise errors.UserError(
+      f'config.optimizer.name={opt_config.name!r} is unknown; use one of '
+      f'{", ".join(OPTIMIZERS)}.')

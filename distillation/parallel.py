@@ -1,0 +1,55 @@
+"""Data parallelism: device layout of the data and the one `pmap` call.
+
+The training split is padded, cut into one contiguous shard per local device
+and kept resident on device; a 0/1 `mask` marks the padding. Step functions
+take an unreplicated state and a sharded batch, and reduce over the axis
+`AXIS` with unconditional collectives, so one device and many devices (on one
+or several processes) run the same code.
+"""
+
+from collections.abc import Callable
+import math
+
+import jax
+import numpy as np
+
+from distillation import input_pipeline
+
+AXIS = 'batch'
+
+
+def _local_mesh() -> jax.sharding.Mesh:
+  return jax.sharding.Mesh(np.asarray(jax.local_devices()), (AXIS,))
+
+
+def shard_split(split: input_pipeline.Split,
+                num_shards: int) -> dict[str, np.ndarray]:
+  """Pads `split` and reshapes it to (num_shards, rows_per_shard, ...)."""
+  rows = math.ceil(len(split) / num_shards)
+  pad = rows * num_shards - len(split)
+  mask = np.concatenate([np.ones(len(split), np.float32),
+                         np.zeros(pad, np.float32)])
+  images = np.concatenate(
+      [split.images, np.zeros((pad,) + split.images.shape[1:],
+                              split.images.dtype)])
+  labels = np.concatenate([split.labels, np.zeros(pad, split.labels.dtype)])
+  return jax.tree.map(
+      lambda x: x.reshape((num_shards, rows) + x.shape[1:]),
+      {'images': images, 'labels': labels, 'mask': mask})
+
+
+def put_sharded(split: input_pipeline.Split) -> dict[str, jax.Array]:
+  """Shards `split` over the local devices, where it then stays."""
+  sharding = jax.sharding.NamedSharding(_local_mesh(),
+                                        jax.sharding.PartitionSpec(AXIS))
+  return jax.device_put(shard_split(split, jax.local_device_count()), sharding)
+
+
+def pmap(fn: Callable, *, donate_state: bool = False) -> Callable:
+  """pmaps `fn(state, batch, ...)`: state unreplicated, batch sharded.
+
+  Every output must be identical on all devices (reduced over `AXIS`), so
+  it comes back unreplicated.
+  """
+  return jax.pmap(fn, axis_name=AXIS, in_axes=(None, 0), out_axes=None,
+                  donate_argnums=(0,) if donate_state else ())

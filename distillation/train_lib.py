@@ -1,0 +1,171 @@
+"""The training loop: data on device, resume, checkpoints, metrics, pictures."""
+
+import os
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import jax
+import ml_collections
+import numpy as np
+
+from distillation import checkpointing
+from distillation import errors
+from distillation import input_pipeline
+from distillation import outer
+from distillation import parallel
+from distillation import visualize
+
+PNG_NAME = 'distilled_images.png'
+_INTERVALS = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps')
+
+
+def check_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise errors.UserError(
+        f'--workdir={workdir} is a file; pass a directory (new or from an '
+        'earlier run).')
+
+
+def _check_loop_config(config: ml_collections.ConfigDict,
+                       num_train: int) -> None:
+  """Checks the loop's config fields against each other and the data."""
+  for name in ('num_steps', 'steps_per_dispatch', 'max_checkpoints_to_keep'
+               ) + _INTERVALS:
+    if config[name] < 1:
+      raise errors.UserError(f'config.{name}={config[name]} must be >= 1.')
+  for name in _INTERVALS:
+    if config[name] % config.steps_per_dispatch:
+      raise errors.UserError(
+          f'config.{name}={config[name]} must be a multiple of '
+          f'config.steps_per_dispatch={config.steps_per_dispatch}.')
+  batch_size = config.data.outer_batch_size
+  if batch_size is not None:
+    devices = jax.device_count()
+    if batch_size < 1 or batch_size % devices or batch_size > num_train:
+      raise errors.UserError(
+          f'config.data.outer_batch_size={batch_size} must be a positive '
+          f'multiple of the {devices} devices and at most the {num_train} '
+          'training examples; unset it for full batch.')
+
+
+def _image_grid(distiller: outer.Distiller, state: outer.OuterState):
+  images = np.asarray(jax.device_get(state.params['images']))
+  images = images.reshape((-1,) + distiller.info.image_shape)
+  return visualize.image_grid(images, distiller.info.num_classes,
+                              scale=max(1, 64 // images.shape[1]))
+
+
+def _host_metrics(metrics: dict[str, jax.Array], first_step: int):
+  """Fetches per-step metrics; stops the run at the first non-finite step."""
+  metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+  bad = ~(np.isfinite(metrics['loss']) & np.isfinite(metrics['grad_norm']))
+  if bad.any():
+    step = first_step + int(np.argmax(bad))
+    raise errors.DivergedError(
+        f'outer loss or hypergradient is not finite at step {step}; stopped '
+        'without saving it, so the latest checkpoint is the last good one. '
+        'Lower config.optimizer.learning_rate or raise config.inner.l2reg.')
+  return metrics
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> outer.OuterState:
+  """Distills the configured dataset; resumes from `workdir` if it can.
+
+  Returns the final state, so tests can inspect it.
+  """
+  check_workdir(workdir)
+  distiller = outer.Distiller(config)
+  train, validation = input_pipeline.load_train_and_validation(config.data)
+  _check_loop_config(config, len(train))
+
+  state = distiller.init_state(jax.random.PRNGKey(config.seed))
+  with checkpointing.Checkpoints(
+      workdir, max_to_keep=config.max_checkpoints_to_keep) as checkpoints:
+    # Resume order: the newest checkpoint in workdir wins, else a fresh start.
+    if (steps := checkpoints.all_steps()):
+      state = checkpoints.restore(steps[-1], state)
+      logging.info('Resumed from %s at step %d.',
+                   checkpoints.step_path(steps[-1]), int(state.step))
+    if int(state.step) >= config.num_steps:
+      logging.info('Nothing to do: step %d >= config.num_steps=%d.',
+                   int(state.step), config.num_steps)
+      return state
+    state = _train(config, workdir, distiller, state, train, validation,
+                   checkpoints)
+  if jax.process_index() == 0:
+    visualize.save_png(_image_grid(distiller, state),
+                       os.path.join(workdir, PNG_NAME))
+  logging.info('Finished at step %d; distilled images in %s.',
+               int(state.step), os.path.join(workdir, PNG_NAME))
+  return state
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           distiller: outer.Distiller, state: outer.OuterState,
+           train: input_pipeline.Split, validation: input_pipeline.Split,
+           checkpoints: checkpointing.Checkpoints) -> outer.OuterState:
+  """Runs outer steps from `state.step` to `config.num_steps`."""
+  meta = checkpointing.make_meta(config, state)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  if int(state.step) == 0:
+    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
+                          if v is not None})
+  train_shard = parallel.put_sharded(train)
+  validation_shard = parallel.put_sharded(validation)
+  eval_step = distiller.pmapped_eval_step()
+  train_steps = {}  # Compiled per chunk length: steps_per_dispatch, remainder.
+  hooks = []
+  if jax.process_index() == 0:
+    hooks.append(periodic_actions.ReportProgress(
+        num_train_steps=config.num_steps, writer=writer,
+        every_secs=config.progress_every_secs))
+  history = []
+  step = int(state.step)
+  logging.info('Training from step %d to %d.', step, config.num_steps)
+  with metric_writers.ensure_flushes(writer):
+    while step < config.num_steps:
+      # Chunks align with multiples of steps_per_dispatch, so a resumed run
+      # runs exactly the same chunks as an uninterrupted one.
+      n = min(config.steps_per_dispatch - step % config.steps_per_dispatch,
+              config.num_steps - step)
+      if n not in train_steps:
+        train_steps[n] = distiller.pmapped_train_steps(n)
+      state, metrics = train_steps[n](state, train_shard)
+      history.append(_host_metrics(metrics, step))
+      step += n
+      for hook in hooks:
+        hook(step)
+      last = step == config.num_steps
+      if step % config.log_every_steps == 0 or last:
+        interval = {k: np.concatenate([h[k] for h in history])
+                    for k in history[0]}
+        writer.write_scalars(step, {
+            'train_loss': interval['loss'].mean(),
+            'train_accuracy': interval['accuracy'].mean(),
+            'hypergradient_norm': interval['grad_norm'].mean(),
+            'inner_iterations': interval['inner_iterations'].mean(),
+            'inner_error': interval['inner_error'][-1],
+        })
+        history = []
+      if step % config.eval_every_steps == 0 or last:
+        val = jax.device_get(eval_step(state.params, validation_shard))
+        writer.write_scalars(step, {f'validation_{k}': v
+                                    for k, v in val.items()})
+        writer.write_images(step, {'distilled_images':
+                                       _image_grid(distiller, state)[None]})
+      if step % config.checkpoint_every_steps == 0 or last:
+        checkpoints.save(state, meta)
+  return state
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat

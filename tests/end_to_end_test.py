@@ -1,0 +1,88 @@
+"""Runs train.py and eval.py as a user would, in subprocesses."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+from absl.testing import absltest
+from absl.testing import parameterized
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script, *args, devices=1):
+  """Runs a repo script; returns (exit code, stderr's last line, stdout)."""
+  env = dict(os.environ, XLA_FLAGS=(
+      f'--xla_force_host_platform_device_count={devices}'))
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args],
+                        cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  lines = proc.stderr.strip().splitlines()
+  return proc.returncode, lines[-1] if lines else '', proc.stdout
+
+
+class EndToEndTest(parameterized.TestCase):
+
+  def test_train_then_eval(self):
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    code, last, _ = run('train.py', '--config=configs/test.py',
+                        f'--workdir={workdir}', devices=2)
+    self.assertEqual(code, 0, last)
+    self.assertEqual(sorted(os.listdir(os.path.join(workdir, 'checkpoints'))),
+                     ['2', '4', '6'])
+    self.assertNotEmpty(glob.glob(os.path.join(workdir, 'events.out.*')))
+    self.assertTrue(os.path.isfile(os.path.join(workdir,
+                                                'distilled_images.png')))
+
+    export = os.path.join(workdir, 'distilled.npz')
+    code, last, stdout = run('eval.py', f'--workdir={workdir}',
+                             f'--export={export}')
+    self.assertEqual(code, 0, last)
+    with open(os.path.join(workdir, 'eval.json')) as f:
+      result = json.load(f)
+    self.assertEqual(result, json.loads(stdout.strip().splitlines()[-1]))
+    self.assertEqual(result['step'], 6)
+    self.assertBetween(result['test_accuracy'], 0.5, 1.0)
+    self.assertTrue(os.path.isfile(export))
+
+  @parameterized.named_parameters(
+      ('dataset', '--config.data.dataset=svhn', 'config.data.dataset'),
+      ('idx_dir', '--config.data.idx_dir=/nonexistent',
+       'config.data.idx_dir'),
+      ('images_per_class', '--config.distill.images_per_class=0',
+       'config.distill.images_per_class'),
+      ('l2reg', '--config.inner.l2reg=0', 'config.inner.l2reg'),
+      ('solver', '--config.inner.solver=newton?', 'config.inner.solver'),
+      ('optimizer', '--config.optimizer.name=adagrad?',
+       'config.optimizer.name'),
+  )
+  def test_bad_config_exits_with_one_line(self, flag, field):
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    extra = ['--config.data.dataset=mnist'] if 'idx_dir' in flag else []
+    code, last, _ = run('train.py', '--config=configs/test.py',
+                        f'--workdir={workdir}', *extra, flag)
+    self.assertNotEqual(code, 0)
+    self.assertStartsWith(last, f'ERROR: {field}=')
+    self.assertFalse(os.path.exists(workdir))
+
+  def test_workdir_that_is_a_file(self):
+    path = self.create_tempfile(content='precious').full_path
+    code, last, _ = run('train.py', '--config=configs/test.py',
+                        f'--workdir={path}')
+    self.assertNotEqual(code, 0)
+    self.assertIn('is a file', last)
+    with open(path) as f:
+      self.assertEqual(f.read(), 'precious')
+
+  def test_eval_without_checkpoints(self):
+    workdir = self.create_tempdir().full_path
+    code, last, _ = run('eval.py', f'--workdir={workdir}')
+    self.assertNotEqual(code, 0)
+    self.assertIn('has no checkpoints', last)
+    self.assertEmpty(os.listdir(workdir))
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,113 @@
+"""Tests of the inner solver: optimality, an independent fit, implicit grads."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from sklearn import linear_model
+
+from distillation import errors
+from distillation import inner
+from distillation import models
+
+
+def _config(solver, tol=1e-6, maxiter=2000, implicit_solve='normal_cg',
+            implicit_tol=1e-5):
+  return ml_collections.ConfigDict(dict(
+      solver=solver, tol=tol, maxiter=maxiter, l2reg=0.1, init='ones',
+      warm_start=False, implicit_solve=implicit_solve,
+      implicit_tol=implicit_tol))
+
+
+def _problem(n=12, p=5, k=3, seed=0, dtype=np.float32):
+  rng = np.random.default_rng(seed)
+  images = rng.normal(size=(n, p)).astype(dtype)
+  labels = np.arange(n) % k
+  model = models.LinearClassifier(k)
+  init = jax.tree.map(lambda x: np.ones(x.shape, dtype), jax.eval_shape(
+      model.init, jax.random.PRNGKey(0), jnp.zeros((1, p))))
+  return model, init, images, labels
+
+
+class InnerTest(parameterized.TestCase):
+
+  @parameterized.parameters('gradient_descent', 'lbfgs')
+  def test_solution_is_stationary_and_matches_sklearn(self, solver):
+    model, init, images, labels = _problem()
+    targets = jax.nn.one_hot(labels, 3)
+    solve = jax.jit(inner.make_solver(_config(solver), model.apply))
+    result = solve(init, 0.1, images, targets)
+    grad = jax.grad(inner.objective)(result.params, 0.1, images, targets,
+                                     apply_fn=model.apply)
+    self.assertLess(float(jnp.linalg.norm(grad['params']['Dense_0']['kernel'])),
+                    1e-5)
+    # scikit-learn minimizes ||W||^2 / 2 + C * sum_i CE_i: C = 1 / (n l2reg).
+    reference = linear_model.LogisticRegression(
+        C=1 / (len(labels) * 0.1), fit_intercept=False, tol=1e-10,
+        max_iter=10000).fit(images, labels)
+    np.testing.assert_allclose(result.params['params']['Dense_0']['kernel'],
+                               reference.coef_.T, atol=1e-4)
+
+  def test_soft_targets_solution_is_stationary(self):
+    model, init, images, _ = _problem()
+    targets = jax.nn.softmax(np.random.default_rng(1).normal(size=(12, 3)))
+    result = inner.make_solver(_config('lbfgs'), model.apply)(
+        init, 0.05, images, targets)
+    grad = jax.grad(inner.objective)(result.params, 0.05, images, targets,
+                                     apply_fn=model.apply)
+    self.assertLess(float(optax.tree.norm(grad)), 1e-5)
+
+  @parameterized.product(solver=('gradient_descent', 'lbfgs'),
+                         implicit_solve=('normal_cg', 'cg'))
+  def test_implicit_gradient_matches_finite_differences(self, solver,
+                                                        implicit_solve):
+    with jax.enable_x64(True):
+      model, init, images, labels = _problem(dtype=np.float64)
+      probe = np.random.default_rng(2).normal(size=(5, 3))
+
+      def make_g(solver, implicit_solve='cg'):
+        solve = inner.make_solver(
+            _config(solver, tol=1e-11, maxiter=20000,
+                    implicit_solve=implicit_solve, implicit_tol=1e-10),
+            model.apply)
+
+        def g(l2reg, images, targets):
+          w = solve(init, l2reg, images, targets).params['params']['Dense_0']
+          return jnp.sum(w['kernel'] * probe)
+        return g
+
+      # Finite differences need a solution accurate to far below eps; L-BFGS
+      # reaches it, accelerated gradient descent stops too early to be used.
+      reference = make_g('lbfgs')
+      targets = jax.nn.one_hot(labels, 3, dtype=jnp.float64)
+      args = (jnp.float64(0.1), jnp.asarray(images), targets)
+      grads = jax.grad(make_g(solver, implicit_solve), argnums=(0, 1, 2))(
+          *args)
+      rng = np.random.default_rng(3)
+      for i, arg in enumerate(args):
+        direction = rng.normal(size=np.shape(arg))
+        eps = 1e-5
+        plus = list(args); plus[i] = arg + eps * direction
+        minus = list(args); minus[i] = arg - eps * direction
+        numeric = (reference(*plus) - reference(*minus)) / (2 * eps)
+        analytic = jnp.sum(grads[i] * direction)
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
+
+  def test_bad_config_values(self):
+    model, init, *_ = _problem()
+    with self.assertRaisesRegex(errors.UserError, 'config.inner.solver'):
+      inner.make_solver(_config('newton?'), model.apply)
+    bad_init = _config('lbfgs')
+    bad_init.init = 'random'
+    with self.assertRaisesRegex(errors.UserError, 'config.inner.init'):
+      inner.init_params(bad_init, init)
+    with self.assertRaisesRegex(errors.UserError,
+                                'config.inner.implicit_solve'):
+      inner.make_solver(_config('lbfgs', implicit_solve='lu?'), model.apply)
+
+
+if __name__ == '__main__':
+  absltest.main()

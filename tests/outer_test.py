@@ -1,0 +1,137 @@
+"""Tests of the outer step: hypergradient, data parallelism, minibatches."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import test as test_config
+from distillation import errors
+from distillation import input_pipeline
+from distillation import outer
+from distillation import parallel
+
+
+def _config(**inner):
+  config = test_config.get_config()
+  config.inner.update(inner)
+  return config
+
+
+def _pmap_on(num_devices, fn):
+  """`fn` pmapped like `parallel.pmap`, on the first `num_devices` only."""
+  return jax.pmap(fn, axis_name=parallel.AXIS, in_axes=(None, 0),
+                  out_axes=None, devices=jax.local_devices()[:num_devices])
+
+
+def _train_split(config, size=None):
+  train, _ = input_pipeline.load_train_and_validation(config.data)
+  return train if size is None else train.take(np.arange(size))
+
+
+class OuterTest(parameterized.TestCase):
+
+  def test_hypergradient_matches_finite_differences(self):
+    config = _config(solver='lbfgs', tol=1e-10, maxiter=5000,
+                     implicit_solve='cg', implicit_tol=1e-12)
+    train = _train_split(config, 301)  # Uneven, to exercise the padding.
+    with jax.enable_x64(True):
+      distiller = outer.Distiller(config)
+      params = jax.tree.map(lambda x: x.astype(jnp.float64),
+                            distiller.init_state(jax.random.PRNGKey(0)).params)
+      shard = jax.tree.map(
+          lambda x: x.astype(np.float64) if x.dtype == np.float32 else x,
+          parallel.shard_split(train, 1))
+      grads, metrics, _ = _pmap_on(
+          1, distiller.loss_and_hypergradient)(params, shard)
+
+      # An independent outer loss: plain mean cross-entropy, no pmap.
+      def outer_loss(images):
+        w = distiller.fit_inner({'images': images}).params
+        logits = train.images.astype(np.float64) @ w['params']['Dense_0'][
+            'kernel']
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+            logits, train.labels[:, None], -1)[:, 0])
+
+      images = params['images']
+      np.testing.assert_allclose(metrics['loss'], outer_loss(images),
+                                 rtol=1e-10)
+      rng = np.random.default_rng(0)
+      eps = 1e-6
+      for _ in range(3):
+        v = rng.normal(size=images.shape)
+        numeric = (outer_loss(images + eps * v) -
+                   outer_loss(images - eps * v)) / (2 * eps)
+        np.testing.assert_allclose(jnp.sum(grads['images'] * v), numeric,
+                                   rtol=1e-5)
+
+  def test_eight_devices_equal_one_device(self):
+    self.assertEqual(jax.local_device_count(), 8,
+                     'run under pytest (tests/conftest.py sets 8 devices)')
+    config = _config()
+    train = _train_split(config)
+    distiller = outer.Distiller(config)
+    state = distiller.init_state(jax.random.PRNGKey(0))
+    one = _pmap_on(1, lambda s, b: distiller.train_steps(s, b, num_steps=3))
+    one_state, one_metrics = one(state, parallel.shard_split(train, 1))
+    eight_state, eight_metrics = distiller.pmapped_train_steps(3)(
+        distiller.init_state(jax.random.PRNGKey(0)),
+        parallel.put_sharded(train))
+    np.testing.assert_allclose(eight_metrics['loss'], one_metrics['loss'],
+                               rtol=1e-5)
+    np.testing.assert_allclose(eight_state.params['images'],
+                               one_state.params['images'], rtol=1e-4,
+                               atol=1e-6)
+    self.assertEqual(int(eight_state.step), 3)
+
+  def test_minibatches_are_deterministic_and_skip_padding(self):
+    config = _config()
+    config.data.outer_batch_size = 16
+    train = _train_split(config, 101)
+    distiller = outer.Distiller(config)
+    shard = parallel.put_sharded(train)
+    select = parallel.pmap(
+        lambda rng, s: jax.lax.all_gather(
+            distiller._select_batch(s, rng), parallel.AXIS))
+    first = select(jax.random.PRNGKey(1), shard)
+    again = select(jax.random.PRNGKey(1), shard)
+    other = select(jax.random.PRNGKey(2), shard)
+    self.assertEqual(first['labels'].shape, (8, 2))
+    np.testing.assert_array_equal(first['images'], again['images'])
+    self.assertFalse(np.array_equal(first['images'], other['images']))
+    np.testing.assert_array_equal(first['mask'], 1.0)  # Never a padded row.
+
+  def test_warm_start_gives_the_same_hypergradient(self):
+    config = _config(solver='lbfgs', tol=1e-6, implicit_solve='cg',
+                     implicit_tol=1e-8)
+    train = _train_split(config, 200)
+    distiller = outer.Distiller(config)
+    state = distiller.init_state(jax.random.PRNGKey(0))
+    shard = parallel.shard_split(train, 1)
+    step = _pmap_on(1, distiller.loss_and_hypergradient)
+    cold, _, solution = step(state.params, shard)
+    perturbed = jax.tree.map(lambda x: x * 1.01, solution)
+    warm, _, _ = _pmap_on(1, lambda p, b: distiller.loss_and_hypergradient(
+        p, b, perturbed))(state.params, shard)
+    np.testing.assert_allclose(warm['images'], cold['images'], rtol=1e-3,
+                               atol=1e-6)
+
+  @parameterized.named_parameters(
+      ('images_per_class', 'distill.images_per_class', 0),
+      ('l2reg', 'inner.l2reg', -1.0),
+      ('optimizer', 'optimizer.name', 'adagrad?'),
+      ('learning_rate', 'optimizer.learning_rate', 0.0),
+      ('image_init', 'distill.image_init', 'zeros?'),
+      ('dataset', 'data.dataset', 'imagenet'),
+  )
+  def test_bad_config_is_reported_by_field(self, field, value):
+    config = _config()
+    section, name = field.split('.')
+    config[section][name] = value
+    with self.assertRaisesRegex(errors.UserError, f'config.{field}='):
+      outer.Distiller(config)
+
+
+if __name__ == '__main__':
+  absltest.main()

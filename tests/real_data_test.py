@@ -1,0 +1,54 @@
+"""Real data: the seed's Fashion-MNIST setting end to end (slow, ~1 min).
+
+Needs Fashion-MNIST as idx files: set FASHION_MNIST_IDX_DIR, or install the
+Debian package dataset-fashion-mnist. Skips, saying so, when neither is there.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+
+from absl.testing import absltest
+
+from tests import end_to_end_test
+
+_FILES = ('train-images-idx3-ubyte.gz', 't10k-images-idx3-ubyte.gz')
+
+
+def find_fashion_mnist() -> str | None:
+  """The directory of the Fashion-MNIST idx files, or None."""
+  candidates = [os.environ.get('FASHION_MNIST_IDX_DIR', '')]
+  if shutil.which('dpkg'):
+    listing = subprocess.run(['dpkg', '-L', 'dataset-fashion-mnist'],
+                             capture_output=True, text=True).stdout
+    candidates += [os.path.dirname(p) for p in listing.split()
+                   if p.endswith(_FILES[0])]
+  for directory in candidates:
+    if directory and all(os.path.isfile(os.path.join(directory, f))
+                         for f in _FILES):
+      return directory
+  return None
+
+
+@absltest.skipUnless(find_fashion_mnist(), 'Fashion-MNIST idx files not found:'
+                     ' set FASHION_MNIST_IDX_DIR or apt-get install '
+                     'dataset-fashion-mnist')
+class FashionMnistTest(absltest.TestCase):
+
+  def test_seed_setting_reaches_seed_accuracy(self):
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    code, last, _ = end_to_end_test.run(
+        'train.py', '--config=configs/fashion_mnist.py', f'--workdir={workdir}',
+        f'--config.data.idx_dir={find_fashion_mnist()}')
+    self.assertEqual(code, 0, last)
+    code, last, _ = end_to_end_test.run('eval.py', f'--workdir={workdir}')
+    self.assertEqual(code, 0, last)
+    with open(os.path.join(workdir, 'eval.json')) as f:
+      result = json.load(f)
+    self.assertEqual(result['step'], 100)
+    self.assertGreaterEqual(result['test_accuracy'], 0.79)
+
+
+if __name__ == '__main__':
+  absltest.main()

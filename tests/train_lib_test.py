@@ -1,0 +1,108 @@
+"""Tests of the training loop: outputs, resume, divergence, bad configs."""
+
+import glob
+import os
+from unittest import mock
+
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import test as test_config
+from distillation import checkpointing
+from distillation import errors
+from distillation import outer
+from distillation import train_lib
+
+
+def _steps(workdir):
+  return sorted(int(d) for d in os.listdir(
+      checkpointing.checkpoint_dir(workdir)) if d.isdigit())
+
+
+class TrainLibTest(absltest.TestCase):
+
+  def test_outputs_and_resume_equals_uninterrupted_run(self):
+    config = test_config.get_config()
+    full_dir = self.create_tempdir().full_path
+    full = train_lib.train_and_evaluate(config, full_dir)
+    self.assertEqual(int(full.step), 6)
+    self.assertEqual(_steps(full_dir), [2, 4, 6])
+    self.assertTrue(os.path.isfile(os.path.join(full_dir,
+                                                train_lib.PNG_NAME)))
+    self.assertNotEmpty(glob.glob(os.path.join(full_dir, 'events.out.*')))
+
+    split_dir = self.create_tempdir().full_path
+    config.num_steps = 3
+    train_lib.train_and_evaluate(config, split_dir)
+    self.assertEqual(_steps(split_dir), [2, 3])
+    config.num_steps = 6
+    resumed = train_lib.train_and_evaluate(config, split_dir)
+    np.testing.assert_array_equal(resumed.params['images'],
+                                  full.params['images'])
+    jax.tree.map(np.testing.assert_array_equal, resumed.opt_state,
+                 full.opt_state)
+
+  def test_finished_run_does_no_more_steps(self):
+    config = test_config.get_config()
+    workdir = self.create_tempdir().full_path
+    train_lib.train_and_evaluate(config, workdir)
+    before = {p: os.path.getmtime(p) for p in glob.glob(f'{workdir}/**',
+                                                         recursive=True)}
+    with mock.patch.object(outer.Distiller, 'train_step') as train_step:
+      state = train_lib.train_and_evaluate(config, workdir)
+    train_step.assert_not_called()
+    self.assertEqual(int(state.step), 6)
+    after = {p: os.path.getmtime(p) for p in glob.glob(f'{workdir}/**',
+                                                       recursive=True)}
+    self.assertEqual(before, after)
+
+  def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(self):
+    config = test_config.get_config()
+    workdir = self.create_tempdir().full_path
+    real_step = outer.Distiller.train_step
+
+    def poisoned_step(self, state, shard):
+      state, metrics = real_step(self, state, shard)
+      metrics['loss'] = jnp.where(state.step == 4, jnp.nan, metrics['loss'])
+      return state, metrics
+
+    with mock.patch.object(outer.Distiller, 'train_step', poisoned_step):
+      with self.assertRaisesRegex(errors.DivergedError, 'at step 3'):
+        train_lib.train_and_evaluate(config, workdir)
+    self.assertEqual(_steps(workdir), [2])
+
+  def test_resume_with_other_shapes_names_the_field(self):
+    config = test_config.get_config()
+    config.num_steps = 2
+    workdir = self.create_tempdir().full_path
+    train_lib.train_and_evaluate(config, workdir)
+    config.distill.images_per_class = 2
+    with self.assertRaisesRegex(
+        errors.UserError, r'params/images: saved \[10, 64\], config gives '
+        r'\[20, 64\]'):
+      train_lib.train_and_evaluate(config, workdir)
+    self.assertEqual(_steps(workdir), [2])
+
+  def test_bad_loop_config(self):
+    workdir = self.create_tempdir().full_path
+    for field, value, message in (
+        ('num_steps', 0, 'config.num_steps=0 must be >= 1'),
+        ('log_every_steps', 3, 'must be a multiple of'),
+    ):
+      config = test_config.get_config()
+      config.steps_per_dispatch = 2 if field == 'log_every_steps' else 1
+      config[field] = value
+      with self.assertRaisesRegex(errors.UserError, message):
+        train_lib.train_and_evaluate(config, workdir)
+    config = test_config.get_config()
+    config.data.outer_batch_size = 12
+    with self.assertRaisesRegex(errors.UserError,
+                                'config.data.outer_batch_size=12'):
+      train_lib.train_and_evaluate(config, workdir)
+    self.assertEmpty(os.listdir(workdir))
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,34 @@
+"""Distills a dataset: `python train.py --config=configs/default.py --workdir=DIR`.
+
+Any config field can be overridden, e.g. `--config.inner.l2reg=0.01`. Running
+the same command again resumes from the newest checkpoint in DIR.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from distillation import errors
+from distillation import train_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None, 'Training configuration file.', lock_config=True)
+flags.DEFINE_string('workdir', None,
+                    'Directory for checkpoints, metrics and images.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  try:
+    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except errors.UserError as e:
+    sys.exit(f'ERROR: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)
