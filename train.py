@@ -1,7 +1,8 @@
 """Distills a dataset: `python train.py --config=configs/default.py --workdir=DIR`.
 
 Any config field can be overridden, e.g. `--config.inner.l2reg=0.01`. Running
-the same command again resumes from the newest checkpoint in DIR.
+the same command again resumes from the newest checkpoint in DIR. With
+`--multihost`, run the same command on every host of a multi-process job.
 """
 
 import sys
@@ -11,6 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from distillation import errors
+from distillation import parallel
 from distillation import train_lib
 
 FLAGS = flags.FLAGS
@@ -18,12 +20,23 @@ config_flags.DEFINE_config_file(
     'config', None, 'Training configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None,
                     'Directory for checkpoints, metrics and images.')
+flags.DEFINE_bool(
+    'multihost', False, 'Join a multi-process run (jax.distributed); the three '
+    'flags below are detected where JAX can, e.g. on TPU VMs.')
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0, for --multihost.')
+flags.DEFINE_integer('num_processes', None, 'Processes in all, for --multihost.')
+flags.DEFINE_integer('process_id', None, 'This process, 0-based, for '
+                     '--multihost.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.multihost:
+    parallel.initialize_multihost(FLAGS.coordinator_address,
+                                  FLAGS.num_processes, FLAGS.process_id)
   try:
     train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except errors.UserError as e:

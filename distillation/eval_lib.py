@@ -19,23 +19,26 @@ RESULT_NAME = 'eval.json'
 
 
 def load_distilled(workdir: str) -> tuple[outer.Distiller, outer.OuterState]:
-  """Restores the newest checkpoint of `workdir`, read-only, and its config."""
+  """Restores the newest restorable checkpoint of `workdir`, read-only, with
+  the config it was trained with."""
   directory = checkpointing.checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise errors.UserError(
         f'--workdir={workdir} has no checkpoints/ directory; train into it '
         'first with train.py --workdir.')
+  distillers = []
+
+  def target(meta):
+    distillers.append(outer.Distiller(ml_collections.ConfigDict(
+        meta['config'])))
+    return distillers[-1].init_state(jax.random.PRNGKey(0))
+
   with checkpointing.Checkpoints(workdir, read_only=True) as checkpoints:
-    steps = checkpoints.all_steps()
-    if not steps:
-      raise errors.UserError(f'{directory} holds no finished checkpoint; '
-                             'train into this workdir first.')
-    config = ml_collections.ConfigDict(checkpoints.restore_meta(steps[-1])[
-        'config'])
-    distiller = outer.Distiller(config)
-    state = checkpoints.restore(steps[-1],
-                                distiller.init_state(jax.random.PRNGKey(0)))
-  return distiller, state
+    restored = checkpoints.restore_newest(target)
+  if restored is None:
+    raise errors.UserError(f'{directory} holds no finished checkpoint; '
+                           'train into this workdir first.')
+  return distillers[-1], restored[0]
 
 
 def evaluate(workdir: str, export: str | None = None) -> dict[str, Any]:

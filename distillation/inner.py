@@ -61,11 +61,7 @@ def objective(params: Params, l2reg: jax.Array, images: jax.Array,
 
 def init_params(inner_config: ml_collections.ConfigDict,
                 abstract_params: Params) -> Params:
-  """The solver's starting point, shaped like `abstract_params`.
-
-  Host arrays, so a state built from them can be donated without deleting
-  this constant.
-  """
+  """The solver's starting point, shaped like `abstract_params`."""
   fill = {'ones': np.ones, 'zeros': np.zeros}.get(inner_config.init)
   if fill is None:
     raise errors.UserError(

@@ -198,8 +198,7 @@ class Distiller:
 
   def pmapped_train_steps(self, num_steps: int) -> Callable:
     return parallel.pmap(
-        functools.partial(self.train_steps, num_steps=num_steps),
-        donate_state=True)
+        functools.partial(self.train_steps, num_steps=num_steps))
 
   def pmapped_eval_step(self) -> Callable:
     return parallel.pmap(self.eval_step)

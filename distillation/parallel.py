@@ -39,17 +39,39 @@ def shard_split(split: input_pipeline.Split,
 
 
 def put_sharded(split: input_pipeline.Split) -> dict[str, jax.Array]:
-  """Shards `split` over the local devices, where it then stays."""
+  """Puts this process's shards of `split` on its devices, where they stay.
+
+  `split` is cut into one shard per device of the whole run; with several
+  processes, each keeps only the shards of its own devices. The shards are
+  the same however the devices are spread over processes.
+  """
+  local = jax.local_device_count()
+  first = jax.process_index() * local
+  shards = jax.tree.map(lambda x: x[first:first + local],
+                        shard_split(split, jax.device_count()))
   sharding = jax.sharding.NamedSharding(_local_mesh(),
                                         jax.sharding.PartitionSpec(AXIS))
-  return jax.device_put(shard_split(split, jax.local_device_count()), sharding)
+  return jax.device_put(shards, sharding)
 
 
-def pmap(fn: Callable, *, donate_state: bool = False) -> Callable:
-  """pmaps `fn(state, batch, ...)`: state unreplicated, batch sharded.
+def initialize_multihost(coordinator_address: str | None = None,
+                         num_processes: int | None = None,
+                         process_id: int | None = None) -> None:
+  """Joins a multi-process run; must come before any other JAX call.
+
+  Arguments left None are detected by JAX where it can (TPU VMs, SLURM,
+  ...). Collectives then span the devices of all processes. On CPU, they
+  go through gloo.
+  """
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def pmap(fn: Callable) -> Callable:
+  """pmaps `fn(state, batch)`: state unreplicated, batch sharded.
 
   Every output must be identical on all devices (reduced over `AXIS`), so
-  it comes back unreplicated.
+  it comes back unreplicated. The state is small (the distilled set and its
+  optimizer state), so it is not donated.
   """
-  return jax.pmap(fn, axis_name=AXIS, in_axes=(None, 0), out_axes=None,
-                  donate_argnums=(0,) if donate_state else ())
+  return jax.pmap(fn, axis_name=AXIS, in_axes=(None, 0), out_axes=None)

@@ -1,11 +1,15 @@
 """The training loop: data on device, resume, checkpoints, metrics, pictures."""
 
+import itertools
 import os
+import signal
+import threading
 
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -69,11 +73,47 @@ def _host_metrics(metrics: dict[str, jax.Array], first_step: int):
   return metrics
 
 
+class _Preemption:
+  """Tells, between dispatches, whether the run was asked to stop.
+
+  Schedulers of TPU and GPU jobs send SIGTERM before they evict a job. With
+  several processes, JAX's preemption service catches it on any process and
+  picks one dispatch at which all processes save together. With one process,
+  a SIGTERM handler (installed from the main thread) raises a flag.
+  """
+
+  def __init__(self):
+    self._multiprocess = jax.process_count() > 1
+    self._noticed = False
+    self._previous_handler = None
+    if (not self._multiprocess and
+        threading.current_thread() is threading.main_thread()):
+      self._previous_handler = signal.signal(signal.SIGTERM, self._notice)
+
+  def _notice(self, signum, frame):
+    del signum, frame
+    self._noticed = True
+
+  def reached(self, dispatch: int) -> bool:
+    """`dispatch` counts this process's dispatches; equal on all processes."""
+    if self._multiprocess:
+      return multihost_utils.reached_preemption_sync_point(dispatch)
+    return self._noticed
+
+  def __enter__(self) -> '_Preemption':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._previous_handler is not None:
+      signal.signal(signal.SIGTERM, self._previous_handler)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> outer.OuterState:
   """Distills the configured dataset; resumes from `workdir` if it can.
 
-  Returns the final state, so tests can inspect it.
+  Returns the final state (or the state saved on preemption), so tests can
+  inspect it.
   """
   check_workdir(workdir)
   distiller = outer.Distiller(config)
@@ -81,19 +121,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   _check_loop_config(config, len(train))
 
   state = distiller.init_state(jax.random.PRNGKey(config.seed))
+
+  def resume_target(meta):
+    checkpointing.check_compatible(meta, config, state)
+    return state
+
   with checkpointing.Checkpoints(
       workdir, max_to_keep=config.max_checkpoints_to_keep) as checkpoints:
-    # Resume order: the newest checkpoint in workdir wins, else a fresh start.
-    if (steps := checkpoints.all_steps()):
-      state = checkpoints.restore(steps[-1], state)
-      logging.info('Resumed from %s at step %d.',
-                   checkpoints.step_path(steps[-1]), int(state.step))
+    # Resume order: the newest checkpoint in workdir that restores wins,
+    # else a fresh start.
+    if (restored := checkpoints.restore_newest(resume_target)):
+      state = restored[0]
+      logging.info('Resuming at step %d.', int(state.step))
     if int(state.step) >= config.num_steps:
       logging.info('Nothing to do: step %d >= config.num_steps=%d.',
                    int(state.step), config.num_steps)
       return state
-    state = _train(config, workdir, distiller, state, train, validation,
-                   checkpoints)
+    with _Preemption() as preemption:
+      state = _train(config, workdir, distiller, state, train, validation,
+                     checkpoints, preemption)
+  if int(state.step) < config.num_steps:
+    logging.warning('Preempted: saved a checkpoint at step %d and stopped; '
+                    'run the same command to resume.', int(state.step))
+    return state
   if jax.process_index() == 0:
     visualize.save_png(_image_grid(distiller, state),
                        os.path.join(workdir, PNG_NAME))
@@ -105,14 +155,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 def _train(config: ml_collections.ConfigDict, workdir: str,
            distiller: outer.Distiller, state: outer.OuterState,
            train: input_pipeline.Split, validation: input_pipeline.Split,
-           checkpoints: checkpointing.Checkpoints) -> outer.OuterState:
-  """Runs outer steps from `state.step` to `config.num_steps`."""
+           checkpoints: checkpointing.Checkpoints,
+           preemption: _Preemption) -> outer.OuterState:
+  """Runs outer steps from `state.step` to `config.num_steps`, or until
+  preempted."""
   meta = checkpointing.make_meta(config, state)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   if int(state.step) == 0:
-    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
-                          if v is not None})
+    writer.write_hparams({
+        k: v for k, v in checkpointing.flatten_dict(config.to_dict()).items()
+        if v is not None})
   train_shard = parallel.put_sharded(train)
   validation_shard = parallel.put_sharded(validation)
   eval_step = distiller.pmapped_eval_step()
@@ -126,7 +179,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   step = int(state.step)
   logging.info('Training from step %d to %d.', step, config.num_steps)
   with metric_writers.ensure_flushes(writer):
-    while step < config.num_steps:
+    for dispatch in itertools.count():
+      if step >= config.num_steps:
+        break
       # Chunks align with multiples of steps_per_dispatch, so a resumed run
       # runs exactly the same chunks as an uninterrupted one.
       n = min(config.steps_per_dispatch - step % config.steps_per_dispatch,
@@ -156,16 +211,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                                     for k, v in val.items()})
         writer.write_images(step, {'distilled_images':
                                        _image_grid(distiller, state)[None]})
-      if step % config.checkpoint_every_steps == 0 or last:
+      preempted = preemption.reached(dispatch)
+      if step % config.checkpoint_every_steps == 0 or last or preempted:
         checkpoints.save(state, meta)
+      if preempted:
+        break
   return state
-
-
-def _flatten(tree: dict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat

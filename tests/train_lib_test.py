@@ -80,8 +80,8 @@ class TrainLibTest(absltest.TestCase):
     train_lib.train_and_evaluate(config, workdir)
     config.distill.images_per_class = 2
     with self.assertRaisesRegex(
-        errors.UserError, r'params/images: saved \[10, 64\], config gives '
-        r'\[20, 64\]'):
+        errors.UserError, r'distill.images_per_class: 1 in the checkpoint, 2 '
+        r'now.*params/images \[10, 64\] vs \[20, 64\]'):
       train_lib.train_and_evaluate(config, workdir)
     self.assertEqual(_steps(workdir), [2])
 

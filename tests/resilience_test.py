@@ -1,0 +1,188 @@
+"""Kills, preemption, corrupt checkpoints and several processes.
+
+These run train.py in subprocesses, as a scheduler would, and compare the
+final distilled images with those of an uninterrupted run.
+"""
+
+import glob
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from absl.testing import absltest
+import numpy as np
+
+from configs import test as test_config
+from distillation import checkpointing
+from distillation import eval_lib
+from distillation import train_lib
+from tests import end_to_end_test
+
+ROOT = end_to_end_test.ROOT
+# 120 steps with a checkpoint every 2: saves are frequent enough to be hit.
+LONG_RUN = ('--config=configs/test.py', '--config.num_steps=120',
+            '--config.steps_per_dispatch=2', '--config.log_every_steps=10',
+            '--config.eval_every_steps=40', '--config.checkpoint_every_steps=2',
+            '--config.max_checkpoints_to_keep=2')
+
+
+def start(workdir, *extra, devices=1, process_id=None, port=None):
+  env = dict(os.environ, PYTHONUNBUFFERED='1', XLA_FLAGS=(
+      f'--xla_force_host_platform_device_count={devices}'))
+  multihost = [] if port is None else [
+      '--multihost', f'--coordinator_address=127.0.0.1:{port}',
+      '--num_processes=2', f'--process_id={process_id}']
+  return subprocess.Popen(
+      [sys.executable, 'train.py', f'--workdir={workdir}', *LONG_RUN, *extra,
+       *multihost], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)
+
+
+def final_images(workdir):
+  _, state = eval_lib.load_distilled(workdir)
+  return np.asarray(state.params['images']), int(state.step)
+
+
+def wait_for(predicate, proc, timeout=120):
+  deadline = time.time() + timeout
+  while not predicate():
+    if proc.poll() is not None or time.time() > deadline:
+      return False
+    time.sleep(0.002)
+  return True
+
+
+class ResilienceTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.reference_dir = os.path.join(absltest.TEST_TMPDIR.value, 'reference')
+    if not os.path.isdir(cls.reference_dir):
+      proc = start(cls.reference_dir)
+      _, err = proc.communicate(timeout=600)
+      assert proc.returncode == 0, err[-2000:]
+    cls.reference, _ = final_images(cls.reference_dir)
+
+  def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(self):
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    ckpt_dir = checkpointing.checkpoint_dir(workdir)
+    rng = random.Random(0)
+    saving = lambda: bool(glob.glob(os.path.join(ckpt_dir, '*tmp*')))
+    saved = lambda: any(d.isdigit() for d in os.listdir(ckpt_dir)) if (
+        os.path.isdir(ckpt_dir)) else False
+    kills = 0
+    for moment in ('during a save', 'random', 'during a save', 'random'):
+      proc = start(workdir)
+      # Each kill comes after this start has saved a checkpoint of its own.
+      before = set(os.listdir(ckpt_dir)) if os.path.isdir(ckpt_dir) else set()
+      wait_for(lambda: saved() and set(os.listdir(ckpt_dir)) != before, proc)
+      if moment == 'random':
+        time.sleep(rng.uniform(0.0, 0.5))
+      else:
+        wait_for(saving, proc, timeout=5)
+      if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        kills += 1
+      proc.communicate()
+    self.assertGreaterEqual(kills, 3)
+    proc = start(workdir)
+    _, err = proc.communicate(timeout=600)
+    self.assertEqual(proc.returncode, 0, err[-2000:])
+    images, step = final_images(workdir)
+    self.assertEqual(step, 120)
+    np.testing.assert_array_equal(images, self.reference)
+    self.assertEmpty(glob.glob(os.path.join(ckpt_dir, '*tmp*')))
+
+  def test_sigterm_saves_and_exits_cleanly(self):
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    ckpt_dir = checkpointing.checkpoint_dir(workdir)
+    proc = start(workdir)
+    self.assertTrue(wait_for(
+        lambda: os.path.isdir(ckpt_dir) and any(
+            d.isdigit() for d in os.listdir(ckpt_dir)), proc))
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    self.assertEqual(proc.returncode, 0, err[-2000:])
+    match = re.search(r'Preempted: saved a checkpoint at step (\d+)', err)
+    self.assertIsNotNone(match, err[-2000:])
+    step = int(match.group(1))
+    self.assertLess(step, 120)
+    self.assertIn(str(step), os.listdir(ckpt_dir))
+    self.assertFalse(os.path.exists(os.path.join(workdir,
+                                                 train_lib.PNG_NAME)))
+    proc = start(workdir)
+    _, err = proc.communicate(timeout=600)
+    self.assertEqual(proc.returncode, 0, err[-2000:])
+    self.assertIn(f'Resuming at step {step}.', err)
+    np.testing.assert_array_equal(final_images(workdir)[0], self.reference)
+
+  def test_two_processes_equal_one_process(self):
+    with socket.socket() as s:
+      s.bind(('127.0.0.1', 0))
+      port = s.getsockname()[1]
+    one_dir = os.path.join(self.create_tempdir().full_path, 'one')
+    two_dir = os.path.join(self.create_tempdir().full_path, 'two')
+    procs = [start(two_dir, '--config.num_steps=20', devices=2,
+                   process_id=i, port=port) for i in range(2)]
+    procs.append(start(one_dir, '--config.num_steps=20', devices=4))
+    try:
+      for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        self.assertEqual(proc.returncode, 0, err[-3000:])
+    finally:
+      for proc in procs:
+        if proc.poll() is None:
+          proc.kill()
+    two, step = final_images(two_dir)
+    one, _ = final_images(one_dir)
+    self.assertEqual(step, 20)
+    np.testing.assert_allclose(two, one, rtol=1e-3, atol=1e-5)
+    self.assertLen(glob.glob(os.path.join(two_dir, 'events.out.*')), 1)
+    self.assertTrue(os.path.isfile(os.path.join(two_dir, train_lib.PNG_NAME)))
+
+
+class CorruptCheckpointTest(absltest.TestCase):
+
+  def _train(self, workdir, num_steps=6):
+    config = test_config.get_config()
+    config.num_steps = num_steps
+    return train_lib.train_and_evaluate(config, workdir)
+
+  def test_falls_back_to_newest_good_checkpoint_and_keeps_the_bad_one(self):
+    reference = self._train(self.create_tempdir().full_path)
+    workdir = self.create_tempdir().full_path
+    self._train(workdir)
+    bad = os.path.join(checkpointing.checkpoint_dir(workdir), '6')
+    for path in glob.glob(os.path.join(bad, 'state', '**', 'd', '*'),
+                          recursive=True):
+      with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) // 2)
+    # A save cut short leaves a temporary directory: never a checkpoint.
+    os.makedirs(os.path.join(checkpointing.checkpoint_dir(workdir),
+                             '8.orbax-checkpoint-tmp-1234', 'state'))
+
+    _, state = eval_lib.load_distilled(workdir)  # Read-only: moves nothing.
+    self.assertEqual(int(state.step), 4)
+    self.assertTrue(os.path.isdir(bad))
+
+    with self.assertLogs(level='ERROR') as logs:
+      state = self._train(workdir)
+    self.assertIn(f'Checkpoint {bad} cannot be restored', logs.output[0])
+    self.assertEqual(int(state.step), 6)
+    np.testing.assert_array_equal(state.params['images'],
+                                  reference.params['images'])
+    self.assertTrue(os.path.isdir(os.path.join(workdir, 'corrupt_checkpoints',
+                                               '6', 'state')))
+    self.assertEqual(sorted(os.listdir(checkpointing.checkpoint_dir(
+        workdir))), ['2', '4', '6'])
+
+
+if __name__ == '__main__':
+  absltest.main()
