@@ -1,6 +1,7 @@
 """Tests a distilled set: `python eval.py --workdir=DIR [--export=FILE.npz]`.
 
-Fits the inner model on the newest checkpoint's distilled images, prints its
+Fits the inner model on the distilled images of the best (by validation
+accuracy) or latest checkpoint, and baselines of the same size, prints their
 test accuracy and loss, and writes them to DIR/eval.json.
 """
 
@@ -17,6 +18,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'The workdir train.py wrote.')
 flags.DEFINE_string('export', None,
                     'Also save the distilled images and labels to this .npz.')
+flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'],
+                  'The best checkpoint by validation accuracy, or the latest.')
+flags.DEFINE_bool('baselines', True, 'Also fit random real images, class '
+                  'means and the full training split, for comparison.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -24,7 +29,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    result = eval_lib.evaluate(FLAGS.workdir, FLAGS.export)
+    result = eval_lib.evaluate(FLAGS.workdir, FLAGS.export, FLAGS.checkpoint,
+                               FLAGS.baselines)
   except errors.UserError as e:
     sys.exit(f'ERROR: {e}')
   print(json.dumps(result))

@@ -24,7 +24,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.distill = ml_collections.ConfigDict()
   config.distill.images_per_class = 1
-  config.distill.image_init = 'noise'  # N(0, 1) / num_pixels, as the seed.
+  # noise: N(0, 1) / num_pixels, as the seed | real: random training images.
+  config.distill.image_init = 'noise'
+  # Learn soft labels (softmax of per-image logits) and the inner l2reg
+  # (as its log) together with the images.
+  config.distill.learn_labels = False
+  config.distill.label_temperature = 0.2  # Initial logits: one_hot / this.
+  config.distill.learn_l2reg = False
 
   config.inner = ml_collections.ConfigDict()
   config.inner.solver = 'gradient_descent'  # gradient_descent | lbfgs
@@ -40,7 +46,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'adam'  # sgd | momentum | adam
   config.optimizer.learning_rate = 0.01
+  config.optimizer.schedule = 'constant'  # constant | cosine | warmup_cosine
+  config.optimizer.warmup_steps = 0  # For warmup_cosine.
   config.optimizer.momentum = 0.9  # Used by `momentum` only.
+
+  # eval.py: baselines of the same size (and the full training split) are
+  # fit with L-BFGS on hard labels, with the l2reg of this grid that does
+  # best on the validation split.
+  config.eval = ml_collections.ConfigDict()
+  config.eval.l2reg_grid = (1e-1, 1e-2, 1e-3, 1e-4)
+  config.eval.random_draws = 5  # Draws of random real images.
+  config.eval.baseline_tol = 1e-4
+  config.eval.baseline_maxiter = 2000
 
   config.num_steps = 200  # Outer steps.
   config.steps_per_dispatch = 1  # Outer steps per device call (lax.scan).

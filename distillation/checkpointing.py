@@ -34,8 +34,12 @@ def quiet_orbax_logs() -> None:
     logger.addFilter(_DropOrbaxInfo())
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+LATEST = 'checkpoints'  # Every checkpoint_every_steps; what resume uses.
+BEST = 'best_checkpoint'  # The best by validation accuracy so far.
+
+
+def checkpoint_dir(workdir: str, name: str = LATEST) -> str:
+  return os.path.join(os.path.abspath(workdir), name)
 
 
 def state_shapes(state: Any) -> dict[str, list[int]]:
@@ -61,18 +65,18 @@ def flatten_dict(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
 
 
 class Checkpoints:
-  """A CheckpointManager over `<workdir>/checkpoints`, or read-only for eval.
+  """A CheckpointManager over `<workdir>/<name>`, or read-only for eval.
 
   The state is saved as host (numpy) arrays: it is small, and numpy arrays
   are written once by the primary process in a multi-process run, whereas
   the pmap output lives on each process's own devices only.
   """
 
-  def __init__(self, workdir: str, *, max_to_keep: int | None = None,
-               read_only: bool = False):
+  def __init__(self, workdir: str, name: str = LATEST, *,
+               max_to_keep: int | None = None, read_only: bool = False):
     quiet_orbax_logs()
     self.workdir = os.path.abspath(workdir)
-    self.directory = checkpoint_dir(workdir)
+    self.directory = checkpoint_dir(workdir, name)
     self.read_only = read_only
     self._manager = ocp.CheckpointManager(
         self.directory, item_names=('state', 'meta'),
@@ -90,7 +94,13 @@ class Checkpoints:
     return os.path.join(self.directory, str(step))
 
   def save(self, state: Any, meta: dict[str, Any]) -> None:
-    """Saves `state` under its own step (asynchronously, on every process)."""
+    """Saves `state` under its own step (asynchronously, on every process).
+
+    A step saved already (by a run that was killed before its next regular
+    checkpoint) holds the same state, and is kept.
+    """
+    if int(state.step) in self._manager.all_steps():
+      return
     self._manager.save(
         int(state.step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(jax.device_get(state)),
@@ -139,7 +149,8 @@ class Checkpoints:
   def _set_aside(self, step: int) -> None:
     """Moves a step that cannot be restored out of Orbax's sight."""
     if jax.process_index() == 0:
-      aside = os.path.join(self.workdir, 'corrupt_checkpoints')
+      aside = os.path.join(self.workdir, 'corrupt_checkpoints',
+                           os.path.basename(self.directory))
       os.makedirs(aside, exist_ok=True)
       target = os.path.join(aside, str(step))
       suffix = 0

@@ -33,7 +33,8 @@ from distillation import parallel
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 OPTIMIZERS = ('sgd', 'momentum', 'adam')
-IMAGE_INITS = ('noise',)
+SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
+IMAGE_INITS = ('noise', 'real')
 
 
 class OuterState(flax.struct.PyTreeNode):
@@ -41,7 +42,10 @@ class OuterState(flax.struct.PyTreeNode):
 
   Attributes:
     step: number of outer updates applied so far.
-    params: the learned outer parameters, {'images': (k, num_pixels)}.
+    params: the learned outer parameters: 'images' (k, num_pixels); with
+      config.distill.learn_labels, 'label_logits' (k, num_classes), the soft
+      targets being their softmax; with config.distill.learn_l2reg,
+      'log_l2reg' (a scalar).
     opt_state: the Optax state of `params`.
     inner_params: the inner solution of the last step (for warm starts).
     rng: base key; step s uses fold_in(rng, s), so nothing else is saved.
@@ -76,9 +80,13 @@ class Distiller:
       raise errors.UserError(
           f'config.distill.image_init={config.distill.image_init!r} is '
           f'unknown; use one of {", ".join(IMAGE_INITS)}.')
+    if config.distill.learn_labels and not config.distill.label_temperature > 0:
+      raise errors.UserError(
+          f'config.distill.label_temperature='
+          f'{config.distill.label_temperature} must be positive.')
     self.model = models.LinearClassifier(self.info.num_classes)
     self.solve = inner.make_solver(config.inner, self.model.apply)
-    self.optimizer = make_optimizer(config.optimizer)
+    self.optimizer = make_optimizer(config.optimizer, config.num_steps)
     # Class-major labels: examples [c * ipc, (c + 1) * ipc) belong to class c.
     self.labels = np.repeat(np.arange(self.info.num_classes), ipc)
     self.abstract_inner_params = jax.eval_shape(
@@ -91,24 +99,72 @@ class Distiller:
   def num_distilled(self) -> int:
     return len(self.labels)
 
-  def init_state(self, rng: jax.Array) -> OuterState:
-    """The state at step 0: images drawn as N(0, 1) / num_pixels."""
+  def init_state(self, rng: jax.Array,
+                 train: input_pipeline.Split | None = None) -> OuterState:
+    """The state at step 0.
+
+    Images are N(0, 1) / num_pixels ('noise', the seed's) or random training
+    images of each class ('real', which needs `train`). Learned label logits
+    start at one_hot / label_temperature, learned log-l2reg at
+    log(config.inner.l2reg).
+    """
     init_rng, rng = jax.random.split(rng)
-    images = jax.random.normal(
-        init_rng, (self.num_distilled, self.info.num_pixels)
-    ) / self.info.num_pixels
+    return self._state_with(self._initial_images(init_rng, train), rng)
+
+  def _state_with(self, images: jax.Array, rng: jax.Array) -> OuterState:
     params = {'images': images}
+    if self.config.distill.learn_labels:
+      params['label_logits'] = jax.nn.one_hot(
+          self.labels, self.info.num_classes
+      ) / self.config.distill.label_temperature
+    if self.config.distill.learn_l2reg:
+      params['log_l2reg'] = jnp.log(jnp.float32(self.config.inner.l2reg))
     return OuterState(
         step=jnp.zeros((), jnp.int32), params=params,
         opt_state=self.optimizer.init(params), inner_params=self.inner_init,
         rng=rng)
 
+  def state_template(self) -> OuterState:
+    """Zeros in the structure and shapes of the state: what a checkpoint is
+    restored into."""
+    abstract = jax.eval_shape(self._state_with, jax.ShapeDtypeStruct(
+        (self.num_distilled, self.info.num_pixels), jnp.float32),
+                              jax.random.PRNGKey(0))
+    return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
+
+  def _initial_images(self, rng: jax.Array,
+                      train: input_pipeline.Split | None) -> jax.Array:
+    shape = (self.num_distilled, self.info.num_pixels)
+    if self.config.distill.image_init == 'noise':
+      return jax.random.normal(rng, shape) / self.info.num_pixels
+    if train is None:
+      raise ValueError("image_init='real' needs the training split.")
+    seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
+    picks = []
+    for c in range(self.info.num_classes):
+      members = np.flatnonzero(train.labels == c)
+      if len(members) < self.config.distill.images_per_class:
+        raise errors.UserError(
+            f'config.distill.images_per_class='
+            f'{self.config.distill.images_per_class} exceeds the '
+            f'{len(members)} training images of class {c}.')
+      picks.append(np.random.default_rng([seed, c]).choice(
+          members, self.config.distill.images_per_class, replace=False))
+    return jnp.asarray(train.images[np.concatenate(picks)])
+
   def hyperparams(
       self, params: dict[str, jax.Array]
   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Maps outer parameters to the inner problem's (l2reg, images, targets)."""
-    targets = jax.nn.one_hot(self.labels, self.info.num_classes)
-    return jnp.asarray(self.config.inner.l2reg), params['images'], targets
+    if 'label_logits' in params:
+      targets = jax.nn.softmax(params['label_logits'])
+    else:
+      targets = jax.nn.one_hot(self.labels, self.info.num_classes)
+    if 'log_l2reg' in params:
+      l2reg = jnp.exp(params['log_l2reg'])
+    else:
+      l2reg = jnp.asarray(self.config.inner.l2reg)
+    return l2reg, params['images'], targets
 
   def fit_inner(self, params: dict[str, jax.Array],
                 init: Any = None) -> inner.InnerResult:
@@ -204,19 +260,34 @@ class Distiller:
     return parallel.pmap(self.eval_step)
 
 
-def make_optimizer(
-    opt_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """The Optax optimizer of the outer parameters."""
+def make_optimizer(opt_config: ml_collections.ConfigDict,
+                   num_steps: int) -> optax.GradientTransformation:
+  """The Optax optimizer of the outer parameters, with its schedule."""
   lr = opt_config.learning_rate
   if not lr > 0:
     raise errors.UserError(
         f'config.optimizer.learning_rate={lr} must be positive.')
+  if opt_config.schedule == 'constant':
+    schedule = lr
+  elif opt_config.schedule == 'cosine':
+    schedule = optax.cosine_decay_schedule(lr, num_steps)
+  elif opt_config.schedule == 'warmup_cosine':
+    if not 0 <= opt_config.warmup_steps < num_steps:
+      raise errors.UserError(
+          f'config.optimizer.warmup_steps={opt_config.warmup_steps} must be '
+          f'in [0, config.num_steps={num_steps}).')
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, lr, opt_config.warmup_steps, num_steps)
+  else:
+    raise errors.UserError(
+        f'config.optimizer.schedule={opt_config.schedule!r} is unknown; use '
+        f'one of {", ".join(SCHEDULES)}.')
   if opt_config.name == 'sgd':
-    return optax.sgd(lr)
+    return optax.sgd(schedule)
   if opt_config.name == 'momentum':
-    return optax.sgd(lr, momentum=opt_config.momentum)
+    return optax.sgd(schedule, momentum=opt_config.momentum)
   if opt_config.name == 'adam':
-    return optax.adam(lr)
+    return optax.adam(schedule)
   raise errors.UserError(
       f'config.optimizer.name={opt_config.name!r} is unknown; use one of '
       f'{", ".join(OPTIMIZERS)}.')

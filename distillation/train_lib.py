@@ -120,26 +120,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train, validation = input_pipeline.load_train_and_validation(config.data)
   _check_loop_config(config, len(train))
 
-  state = distiller.init_state(jax.random.PRNGKey(config.seed))
-
   def resume_target(meta):
-    checkpointing.check_compatible(meta, config, state)
-    return state
+    template = distiller.state_template()
+    checkpointing.check_compatible(meta, config, template)
+    return template
 
   with checkpointing.Checkpoints(
-      workdir, max_to_keep=config.max_checkpoints_to_keep) as checkpoints:
+      workdir, max_to_keep=config.max_checkpoints_to_keep
+  ) as checkpoints, checkpointing.Checkpoints(
+      workdir, checkpointing.BEST, max_to_keep=1) as best:
     # Resume order: the newest checkpoint in workdir that restores wins,
     # else a fresh start.
     if (restored := checkpoints.restore_newest(resume_target)):
       state = restored[0]
       logging.info('Resuming at step %d.', int(state.step))
+    else:
+      state = distiller.init_state(jax.random.PRNGKey(config.seed), train)
     if int(state.step) >= config.num_steps:
       logging.info('Nothing to do: step %d >= config.num_steps=%d.',
                    int(state.step), config.num_steps)
       return state
+    best_so_far = best.restore_newest(resume_target)
+    best_accuracy = (best_so_far[1]['validation_accuracy'] if best_so_far
+                     else -np.inf)
     with _Preemption() as preemption:
       state = _train(config, workdir, distiller, state, train, validation,
-                     checkpoints, preemption)
+                     (checkpoints, best, best_accuracy), preemption)
   if int(state.step) < config.num_steps:
     logging.warning('Preempted: saved a checkpoint at step %d and stopped; '
                     'run the same command to resume.', int(state.step))
@@ -155,10 +161,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 def _train(config: ml_collections.ConfigDict, workdir: str,
            distiller: outer.Distiller, state: outer.OuterState,
            train: input_pipeline.Split, validation: input_pipeline.Split,
-           checkpoints: checkpointing.Checkpoints,
+           checkpoints: tuple[checkpointing.Checkpoints,
+                              checkpointing.Checkpoints, float],
            preemption: _Preemption) -> outer.OuterState:
   """Runs outer steps from `state.step` to `config.num_steps`, or until
-  preempted."""
+  preempted.
+
+  `checkpoints` holds the regular checkpoints, the best-so-far checkpoint
+  and its validation accuracy.
+  """
+  checkpoints, best, best_accuracy = checkpoints
   meta = checkpointing.make_meta(config, state)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
@@ -207,8 +219,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         history = []
       if step % config.eval_every_steps == 0 or last:
         val = jax.device_get(eval_step(state.params, validation_shard))
-        writer.write_scalars(step, {f'validation_{k}': v
-                                    for k, v in val.items()})
+        if val['accuracy'] > best_accuracy:
+          best_accuracy = float(val['accuracy'])
+          best.save(state, {**meta, 'validation_accuracy': best_accuracy})
+        writer.write_scalars(step, {
+            'validation_loss': val['loss'],
+            'validation_accuracy': val['accuracy'],
+            'best_validation_accuracy': best_accuracy})
         writer.write_images(step, {'distilled_images':
                                        _image_grid(distiller, state)[None]})
       preempted = preemption.reached(dispatch)

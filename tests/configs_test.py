@@ -11,7 +11,8 @@ from ml_collections import config_flags
 from distillation import outer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '[!_]*.py')))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "[!_]*.py"))
+                 if not p.endswith("common.py"))
 
 
 def parse(*args):

@@ -34,7 +34,7 @@ def _problem(n=12, p=5, k=3, seed=0, dtype=np.float32):
 
 class InnerTest(parameterized.TestCase):
 
-  @parameterized.parameters('gradient_descent', 'lbfgs')
+  @parameterized.parameters('gradient_descent', 'lbfgs', 'newton')
   def test_solution_is_stationary_and_matches_sklearn(self, solver):
     model, init, images, labels = _problem()
     targets = jax.nn.one_hot(labels, 3)
@@ -51,17 +51,20 @@ class InnerTest(parameterized.TestCase):
     np.testing.assert_allclose(result.params['params']['Dense_0']['kernel'],
                                reference.coef_.T, atol=1e-4)
 
-  def test_soft_targets_solution_is_stationary(self):
+  @parameterized.parameters('lbfgs', 'newton')
+  def test_soft_targets_solution_is_stationary(self, solver):
     model, init, images, _ = _problem()
     targets = jax.nn.softmax(np.random.default_rng(1).normal(size=(12, 3)))
-    result = inner.make_solver(_config('lbfgs'), model.apply)(
+    result = inner.make_solver(_config(solver), model.apply)(
         init, 0.05, images, targets)
     grad = jax.grad(inner.objective)(result.params, 0.05, images, targets,
                                      apply_fn=model.apply)
     self.assertLess(float(optax.tree.norm(grad)), 1e-5)
 
-  @parameterized.product(solver=('gradient_descent', 'lbfgs'),
-                         implicit_solve=('normal_cg', 'cg'))
+  @parameterized.parameters(
+      ('gradient_descent', 'normal_cg'), ('gradient_descent', 'cg'),
+      ('lbfgs', 'normal_cg'), ('lbfgs', 'cg'), ('lbfgs', 'lu'),
+      ('newton', 'normal_cg'), ('newton', 'lu'))
   def test_implicit_gradient_matches_finite_differences(self, solver,
                                                         implicit_solve):
     with jax.enable_x64(True):
@@ -107,6 +110,21 @@ class InnerTest(parameterized.TestCase):
     with self.assertRaisesRegex(errors.UserError,
                                 'config.inner.implicit_solve'):
       inner.make_solver(_config('lbfgs', implicit_solve='lu?'), model.apply)
+    with self.assertRaisesRegex(errors.UserError, 'not cg with newton'):
+      inner.make_solver(_config('newton', implicit_solve='cg'), model.apply)
+
+  def test_newton_converges_in_few_steps_with_little_regularization(self):
+    model, init, images, labels = _problem(n=12, p=30, k=4)
+    targets = jax.nn.one_hot(labels, 4)
+    solve = inner.make_solver(_config('newton', tol=1e-5), model.apply)
+    result = solve(init, 1e-3, images, targets)
+    self.assertLessEqual(int(result.iterations), 10)
+    self.assertLess(float(result.error), 1e-5)
+    # Warm start from the solution for slightly different images, as from
+    # the previous outer step: at most two Newton steps.
+    warm = solve(result.params, 1e-3, images * 1.001, targets)
+    self.assertLessEqual(int(warm.iterations), 2)
+    self.assertLess(float(warm.error), 1e-5)
 
 
 if __name__ == '__main__':

@@ -32,9 +32,15 @@ def _train_split(config, size=None):
 
 class OuterTest(parameterized.TestCase):
 
-  def test_hypergradient_matches_finite_differences(self):
-    config = _config(solver='lbfgs', tol=1e-10, maxiter=5000,
-                     implicit_solve='cg', implicit_tol=1e-12)
+  @parameterized.named_parameters(
+      ('images', False, 'lbfgs', 'cg'),
+      ('learned_labels_and_l2reg', True, 'lbfgs', 'cg'),
+      ('newton', True, 'newton', 'lu'))
+  def test_hypergradient_matches_finite_differences(self, learned, solver,
+                                                    implicit_solve):
+    config = _config(solver=solver, tol=1e-10, maxiter=5000,
+                     implicit_solve=implicit_solve, implicit_tol=1e-12)
+    config.distill.learn_labels = config.distill.learn_l2reg = learned
     train = _train_split(config, 301)  # Uneven, to exercise the padding.
     with jax.enable_x64(True):
       distiller = outer.Distiller(config)
@@ -47,24 +53,70 @@ class OuterTest(parameterized.TestCase):
           1, distiller.loss_and_hypergradient)(params, shard)
 
       # An independent outer loss: plain mean cross-entropy, no pmap.
-      def outer_loss(images):
-        w = distiller.fit_inner({'images': images}).params
+      def outer_loss(params):
+        w = distiller.fit_inner(params).params
         logits = train.images.astype(np.float64) @ w['params']['Dense_0'][
             'kernel']
         return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
             logits, train.labels[:, None], -1)[:, 0])
 
-      images = params['images']
-      np.testing.assert_allclose(metrics['loss'], outer_loss(images),
+      np.testing.assert_allclose(metrics['loss'], outer_loss(params),
                                  rtol=1e-10)
+      self.assertEqual(set(grads), set(params))
       rng = np.random.default_rng(0)
       eps = 1e-6
       for _ in range(3):
-        v = rng.normal(size=images.shape)
-        numeric = (outer_loss(images + eps * v) -
-                   outer_loss(images - eps * v)) / (2 * eps)
-        np.testing.assert_allclose(jnp.sum(grads['images'] * v), numeric,
-                                   rtol=1e-5)
+        v = jax.tree.map(lambda x: rng.normal(size=x.shape), params)
+        shifted = lambda sign: jax.tree.map(lambda x, d: x + sign * eps * d,
+                                            params, v)
+        numeric = (outer_loss(shifted(1)) - outer_loss(shifted(-1))) / (2 * eps)
+        analytic = sum(jnp.sum(g * d) for g, d in zip(
+            jax.tree.leaves(grads), jax.tree.leaves(v)))
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-5)
+
+  def test_learned_parameters_start_at_the_seed_setting(self):
+    config = _config()
+    config.distill.learn_labels = config.distill.learn_l2reg = True
+    distiller = outer.Distiller(config)
+    params = distiller.init_state(jax.random.PRNGKey(0)).params
+    l2reg, _, targets = distiller.hyperparams(params)
+    np.testing.assert_allclose(l2reg, config.inner.l2reg, rtol=1e-6)
+    np.testing.assert_array_equal(np.argmax(targets, -1), distiller.labels)
+    self.assertGreater(float(targets.max(-1).min()), 0.9)
+
+  def test_real_init_takes_training_images_of_each_class(self):
+    config = _config()
+    config.distill.images_per_class = 3
+    config.distill.image_init = 'real'
+    train = _train_split(config)
+    distiller = outer.Distiller(config)
+    images = np.asarray(distiller.init_state(jax.random.PRNGKey(0),
+                                             train).params['images'])
+    for image, label in zip(images, distiller.labels):
+      matches = np.flatnonzero((train.images == image).all(axis=1))
+      self.assertNotEmpty(matches)
+      self.assertEqual(train.labels[matches[0]], label)
+    self.assertLen({tuple(x) for x in images}, 30)
+
+  @parameterized.parameters('constant', 'cosine', 'warmup_cosine')
+  def test_schedules(self, schedule):
+    config = _config()
+    config.optimizer.name = 'sgd'
+    config.optimizer.schedule = schedule
+    config.optimizer.warmup_steps = 2
+    optimizer = outer.make_optimizer(config.optimizer, num_steps=10)
+    params = {'x': jnp.zeros(())}
+    state = optimizer.init(params)
+    steps = []
+    for _ in range(10):
+      update, state = optimizer.update({'x': jnp.ones(())}, state, params)
+      steps.append(-float(update['x']))
+    lr = config.optimizer.learning_rate
+    if schedule == 'constant':
+      np.testing.assert_allclose(steps, lr)
+    else:
+      self.assertLess(steps[-1], 0.1 * lr)
+      self.assertAlmostEqual(max(steps), lr, places=6)
 
   def test_eight_devices_equal_one_device(self):
     self.assertEqual(jax.local_device_count(), 8,
@@ -123,6 +175,7 @@ class OuterTest(parameterized.TestCase):
       ('optimizer', 'optimizer.name', 'adagrad?'),
       ('learning_rate', 'optimizer.learning_rate', 0.0),
       ('image_init', 'distill.image_init', 'zeros?'),
+      ('schedule', 'optimizer.schedule', 'linear?'),
       ('dataset', 'data.dataset', 'imagenet'),
   )
   def test_bad_config_is_reported_by_field(self, field, value):

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl.testing import absltest
@@ -44,7 +45,7 @@ def start(workdir, *extra, devices=1, process_id=None, port=None):
 
 
 def final_images(workdir):
-  _, state = eval_lib.load_distilled(workdir)
+  _, state, _ = eval_lib.load_distilled(workdir, 'latest')
   return np.asarray(state.params['images']), int(state.step)
 
 
@@ -62,11 +63,11 @@ class ResilienceTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.reference_dir = os.path.join(absltest.TEST_TMPDIR.value, 'reference')
-    if not os.path.isdir(cls.reference_dir):
-      proc = start(cls.reference_dir)
-      _, err = proc.communicate(timeout=600)
-      assert proc.returncode == 0, err[-2000:]
+    cls.reference_dir = os.path.join(
+        tempfile.mkdtemp(dir=absltest.TEST_TMPDIR.value), 'reference')
+    proc = start(cls.reference_dir)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
     cls.reference, _ = final_images(cls.reference_dir)
 
   def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(self):
@@ -168,7 +169,7 @@ class CorruptCheckpointTest(absltest.TestCase):
     os.makedirs(os.path.join(checkpointing.checkpoint_dir(workdir),
                              '8.orbax-checkpoint-tmp-1234', 'state'))
 
-    _, state = eval_lib.load_distilled(workdir)  # Read-only: moves nothing.
+    _, state, _ = eval_lib.load_distilled(workdir)  # Read-only: moves nothing.
     self.assertEqual(int(state.step), 4)
     self.assertTrue(os.path.isdir(bad))
 
@@ -179,6 +180,7 @@ class CorruptCheckpointTest(absltest.TestCase):
     np.testing.assert_array_equal(state.params['images'],
                                   reference.params['images'])
     self.assertTrue(os.path.isdir(os.path.join(workdir, 'corrupt_checkpoints',
+                                               'checkpoints',
                                                '6', 'state')))
     self.assertEqual(sorted(os.listdir(checkpointing.checkpoint_dir(
         workdir))), ['2', '4', '6'])

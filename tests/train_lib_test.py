@@ -43,6 +43,15 @@ class TrainLibTest(absltest.TestCase):
                                   full.params['images'])
     jax.tree.map(np.testing.assert_array_equal, resumed.opt_state,
                  full.opt_state)
+    # The best checkpoint by validation accuracy is kept apart, resumed too.
+    for workdir in (full_dir, split_dir):
+      best = os.listdir(checkpointing.checkpoint_dir(workdir,
+                                                     checkpointing.BEST))
+      self.assertLen(best, 1)
+    self.assertEqual(
+        os.listdir(checkpointing.checkpoint_dir(full_dir, checkpointing.BEST)),
+        os.listdir(checkpointing.checkpoint_dir(split_dir,
+                                                checkpointing.BEST)))
 
   def test_finished_run_does_no_more_steps(self):
     config = test_config.get_config()

@@ -1,0 +1,307 @@
+"""Speed of the outer step against the seed's algorithm and the hardware.
+
+  python benchmarks/speed.py --idx_dir=DIR [--quick] [--out=DIR]
+
+In one process on the current machine (DIR holds Fashion-MNIST idx files):
+1. time to the seed's final test accuracy: the seed's algorithm (jaxopt's
+   dataset_distillation example: inner GradientDescent from ones, tol 1e-3,
+   maxiter 500, l2reg 0.1; outer jaxopt GradientDescent with its line
+   search, 50 iterations; noise init; 10 images) against this project's
+   configs, with and without compilation;
+2. steady-state time per outer step for several images per class, full
+   batch and minibatch; next to one forward+backward pass over the training
+   split (the step's unavoidable work) and, on a GPU, next to the bandwidth
+   bound 2 x training-set bytes / measured device copy bandwidth;
+3. 1 vs 8 devices (CPU: 8 host devices in a subprocess).
+Writes speed.json and speed.md to --out.
+"""
+
+import functools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import fashion_mnist
+from configs import fashion_mnist_ipc1
+from distillation import input_pipeline
+from distillation import outer
+from distillation import parallel
+
+with warnings.catch_warnings():
+  warnings.simplefilter('ignore')
+  import jaxopt  # The seed's algorithm, as a reference only.
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('idx_dir', None, 'Fashion-MNIST idx files.')
+flags.DEFINE_string('out', 'benchmarks/results', 'Output directory.')
+flags.DEFINE_bool('quick', False, 'Fewer configurations and repeats.')
+flags.DEFINE_bool('steps_only', False, 'Only part 2 (for the subprocess).')
+flags.mark_flags_as_required(['idx_dir'])
+
+
+def _block(tree):
+  return jax.block_until_ready(tree)
+
+
+def _data(config):
+  train, _ = input_pipeline.load_train_and_validation(config.data)
+  test = input_pipeline.load_split(config.data, 'test')
+  return train, test
+
+
+def _accuracy(weights, test):
+  return float(jnp.mean(jnp.argmax(test.images @ weights, -1) == test.labels))
+
+
+def seed_reference(config, train, test, iterations=50):
+  """The seed's algorithm, one outer iteration at a time (so its accuracy
+  can be read after each); times exclude those reads."""
+  x, y = jnp.asarray(train.images), jnp.asarray(train.labels)
+  xt = jnp.asarray(test.images)
+  labels = jnp.arange(10)
+  init = jnp.ones((784, 10))
+  gd = jaxopt.GradientDescent(fun=jaxopt.objective.l2_multiclass_logreg,
+                              tol=1e-3, maxiter=500)
+
+  def inner_solution(images):
+    return gd.run(init, 0.1, (images, labels)).params
+
+  def outer_loss(images):
+    return jaxopt.objective.l2_multiclass_logreg(inner_solution(images), 0.,
+                                                 (x, y))
+
+  solver = jaxopt.GradientDescent(fun=outer_loss, tol=1e-3, maxiter=iterations)
+  weights = jax.jit(inner_solution)
+  images = jax.random.normal(jax.random.PRNGKey(0), (10, 784)) / 784
+  trace = []
+  for _ in range(2):  # Cold (compiles), then warm.
+    elapsed, params = 0.0, images
+    start = time.perf_counter()
+    state = solver.init_state(params)
+    params, state = _block(solver.update(params, state))
+    elapsed += time.perf_counter() - start
+    run = [(elapsed, float(jnp.mean(jnp.argmax(
+        xt @ weights(params), -1) == test.labels)))]
+    for _ in range(iterations - 1):
+      start = time.perf_counter()
+      params, state = _block(solver.update(params, state))
+      elapsed += time.perf_counter() - start
+      run.append((elapsed, _accuracy(weights(params), test)))
+    trace.append(run)
+  return trace
+
+
+def ours(config, train, test, max_steps):
+  """Trains `config` one step per dispatch; (seconds, test accuracy) after
+  each step, cold (set-up and compilation included) then warm; the reads of
+  the accuracy are excluded."""
+  start = time.perf_counter()
+  distiller = outer.Distiller(config)
+  shard = parallel.put_sharded(train)
+  step = distiller.pmapped_train_steps(1)
+  setup = time.perf_counter() - start
+  trace = []
+  for elapsed in (setup, 0.0):
+    start = time.perf_counter()
+    state = distiller.init_state(jax.random.PRNGKey(config.seed), train)
+    elapsed += time.perf_counter() - start
+    run = []
+    for _ in range(max_steps):
+      start = time.perf_counter()
+      state, _ = _block(step(state, shard))
+      elapsed += time.perf_counter() - start
+      (kernel,) = jax.tree.leaves(state.inner_params)  # The step's W.
+      run.append((elapsed, _accuracy(kernel, test)))
+    trace.append(run)
+  return trace
+
+
+def time_to(trace, target):
+  for seconds, accuracy in trace:
+    if accuracy >= target:
+      return seconds
+  return None
+
+
+def steady_step_ms(config, train, repeats):
+  """Median ms per outer step, `steps_per_dispatch` steps per call."""
+  distiller = outer.Distiller(config)
+  state = distiller.init_state(jax.random.PRNGKey(0), train)
+  shard = parallel.put_sharded(train)
+  n = config.steps_per_dispatch
+  step = distiller.pmapped_train_steps(n)
+  for _ in range(3):
+    state, _ = _block(step(state, shard))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    state, _ = _block(step(state, shard))
+    times.append((time.perf_counter() - start) / n)
+  return 1e3 * float(np.median(times))
+
+
+def forward_backward_ms(train, repeats):
+  """One pass computing logits and d(loss)/dW over the training split."""
+  x = jnp.asarray(train.images)
+  y = jax.nn.one_hot(train.labels, 10)
+
+  @jax.jit
+  def grad(w):
+    return jax.grad(lambda w: -jnp.mean(jnp.sum(
+        y * jax.nn.log_softmax(x @ w), -1)))(w)
+
+  w = jnp.zeros((784, 10))
+  _block(grad(w))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    _block(grad(w))
+    times.append(time.perf_counter() - start)
+  return 1e3 * float(np.median(times))
+
+
+def copy_bandwidth_gbs(nbytes=1 << 30, repeats=10):
+  """Device copy bandwidth (bytes read + written per second)."""
+  x = jnp.ones(nbytes // 4, jnp.float32)
+  copy = jax.jit(lambda x: x * 1.0)
+  _block(copy(x))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    _block(copy(x))
+    times.append(time.perf_counter() - start)
+  return 2 * nbytes / float(np.median(times)) / 1e9
+
+
+def step_table(train, quick):
+  repeats = 5 if quick else 20
+  rows = []
+  cases = [(1, None, 1), (10, None, 1), (50, None, 1), (1, None, 10),
+           (1, 8192, 1)]
+  if quick:
+    cases = [(1, None, 1), (10, None, 1), (1, 8192, 1)]
+  for ipc, batch, per_dispatch in cases:
+    config = fashion_mnist_ipc1.get_config()
+    config.data.idx_dir = FLAGS.idx_dir
+    config.distill.images_per_class = ipc
+    config.data.outer_batch_size = batch
+    config.steps_per_dispatch = per_dispatch
+    for solver in (('newton', 'lu'), ('lbfgs', 'cg')):
+      if solver[0] == 'newton' and ipc == 50 and jax.default_backend() == 'cpu':
+        continue  # (k K)^3 per Newton step: minutes on CPU.
+      config.inner.solver, config.inner.implicit_solve = solver
+      rows.append({
+          'images_per_class': ipc, 'outer_batch_size': batch or 'full',
+          'steps_per_dispatch': per_dispatch, 'solver': solver[0],
+          'devices': jax.device_count(),
+          'ms_per_step': steady_step_ms(config, train, repeats)})
+      print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
+def main(argv):
+  del argv
+  os.makedirs(FLAGS.out, exist_ok=True)
+  base = fashion_mnist.get_config()
+  base.data.idx_dir = FLAGS.idx_dir
+  train, test = _data(base)
+  if FLAGS.steps_only:
+    print('ROWS=' + json.dumps(step_table(train, FLAGS.quick)))
+    return
+  device = jax.devices()[0]
+  result = {'machine': f'{platform.processor() or platform.machine()}, '
+                       f'{os.cpu_count()} CPUs',
+            'device': f'{device.platform}: {device.device_kind}',
+            'jax': jax.__version__}
+
+  # 1. Time to the seed's final accuracy.
+  seed = seed_reference(base, train, test, iterations=10 if FLAGS.quick
+                        else 50)
+  target = seed[0][-1][1]
+  result['seed_final_test_accuracy'] = target
+  result['time_to_seed_accuracy'] = [{
+      'run': 'seed (jaxopt GD outer, GD inner)',
+      'cold_s': seed[0][-1][0], 'warm_s': seed[1][-1][0],
+      'steps': len(seed[0])}]
+  for name, config in (('configs/fashion_mnist.py', base),
+                       ('configs/fashion_mnist_ipc1.py',
+                        fashion_mnist_ipc1.get_config())):
+    config.data.idx_dir = FLAGS.idx_dir
+    trace = ours(config, train, test, 40 if FLAGS.quick else 150)
+    cold, warm = time_to(trace[0], target), time_to(trace[1], target)
+    result['time_to_seed_accuracy'].append({
+        'run': name, 'cold_s': cold, 'warm_s': warm,
+        'steps': next((i + 1 for i, (_, a) in enumerate(trace[0])
+                       if a >= target), None)})
+    print(json.dumps(result['time_to_seed_accuracy'][-1]), flush=True)
+
+  # 2. Steady-state step times, and what they are up against.
+  result['steps'] = step_table(train, FLAGS.quick)
+  result['forward_backward_ms'] = forward_backward_ms(train, 20)
+  if jax.default_backend() != 'cpu':
+    bandwidth = copy_bandwidth_gbs()
+    result['copy_bandwidth_gbs'] = bandwidth
+    result['bound_ms'] = 2 * train.images.nbytes / (bandwidth * 1e9) * 1e3
+
+  # 3. Eight devices (host devices on CPU; real ones elsewhere if present).
+  if jax.default_backend() == 'cpu' and jax.device_count() == 1:
+    env = dict(os.environ,
+               XLA_FLAGS='--xla_force_host_platform_device_count=8')
+    out = subprocess.run(
+        [sys.executable, __file__, f'--idx_dir={FLAGS.idx_dir}',
+         '--steps_only', '--quick'], env=env, capture_output=True, text=True,
+        check=True).stdout
+    result['steps'] += json.loads(out.split('ROWS=')[1])
+
+  with open(os.path.join(FLAGS.out, 'speed.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  markdown = to_markdown(result)
+  with open(os.path.join(FLAGS.out, 'speed.md'), 'w') as f:
+    f.write(markdown)
+  print(markdown)
+
+
+def to_markdown(result):
+  lines = [f'Machine: {result["machine"]}; device {result["device"]}; '
+           f'jax {result["jax"]}.', '',
+           f'Time to the seed\'s final test accuracy '
+           f'({100 * result["seed_final_test_accuracy"]:.2f}%):', '',
+           '| run | steps | with compilation | without |',
+           '| --- | --- | --- | --- |']
+  seed_cold = result['time_to_seed_accuracy'][0]['cold_s']
+  for row in result['time_to_seed_accuracy']:
+    fmt = lambda s: 'not reached' if s is None else f'{s:.2f} s'
+    ratio = (f' ({seed_cold / row["cold_s"]:.1f}x faster)'
+             if row['cold_s'] and row is not result['time_to_seed_accuracy'][0]
+             else '')
+    lines.append(f'| {row["run"]} | {row["steps"]} | {fmt(row["cold_s"])}'
+                 f'{ratio} | {fmt(row["warm_s"])} |')
+  bound = (f'; bandwidth bound {result["bound_ms"]:.3f} ms '
+           f'({result["copy_bandwidth_gbs"]:.0f} GB/s copy)'
+           if 'bound_ms' in result else '')
+  lines += ['', f'Steady state, ms per outer step (one forward+backward pass '
+                f'over the training split: {result["forward_backward_ms"]:.3f}'
+                f' ms{bound}):', '',
+            '| images/class | batch | steps/dispatch | solver | devices | '
+            'ms/step |', '| --- | --- | --- | --- | --- | --- |']
+  for row in result['steps']:
+    lines.append(f'| {row["images_per_class"]} | {row["outer_batch_size"]} | '
+                 f'{row["steps_per_dispatch"]} | {row["solver"]} | '
+                 f'{row["devices"]} | {row["ms_per_step"]:.3f} |')
+  return '\n'.join(lines) + '\n'
+
+
+if __name__ == '__main__':
+  app.run(main)

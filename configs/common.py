@@ -1,0 +1,38 @@
+"""The learned-labels-and-regularization setting shared by the *_ipcN configs.
+
+The seed's formulation (hard labels, fixed l2reg 0.1) caps a linear model fit
+on 10 images near 79.5% on Fashion-MNIST: at the inner optimum,
+l2reg * ||W||^2 is bounded by a constant, so W cannot grow to the full-data
+solution. Learning the soft labels and log(l2reg) with the images lifts the
+cap; real images as the start and a cosine schedule make it converge.
+"""
+
+import ml_collections
+
+
+def learned_setting(config: ml_collections.ConfigDict,
+                    images_per_class: int) -> ml_collections.ConfigDict:
+  config.distill.images_per_class = images_per_class
+  config.distill.image_init = 'real'
+  config.distill.learn_labels = True
+  config.distill.learn_l2reg = True
+  config.inner.warm_start = True
+  if images_per_class == 1:
+    # Exact Newton on the k * num_classes representer coefficients.
+    config.inner.solver = 'newton'
+    config.inner.implicit_solve = 'lu'
+    config.inner.tol = 1e-5
+  else:
+    # (k * num_classes)^3 Newton gets costly on CPU; warm-started L-BFGS
+    # and CG on the (symmetric) inner Hessian stay cheap.
+    config.inner.solver = 'lbfgs'
+    config.inner.implicit_solve = 'cg'
+    config.inner.tol = 1e-4
+  config.optimizer.name = 'adam'
+  config.optimizer.learning_rate = 0.01
+  config.optimizer.schedule = 'cosine'
+  config.num_steps = 1000
+  config.log_every_steps = 10
+  config.eval_every_steps = 50
+  config.checkpoint_every_steps = 100
+  return config

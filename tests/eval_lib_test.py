@@ -1,0 +1,70 @@
+"""Tests of evaluation: the table, its baselines and the checkpoint choice."""
+
+import json
+import os
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+
+from configs import test as test_config
+from distillation import errors
+from distillation import eval_lib
+from distillation import input_pipeline
+from distillation import train_lib
+
+
+class EvalLibTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.workdir = tempfile.mkdtemp(dir=absltest.TEST_TMPDIR.value)
+    config = test_config.get_config()
+    config.eval.random_draws = 3
+    train_lib.train_and_evaluate(config, cls.workdir)
+
+  def test_table_and_json(self):
+    export = os.path.join(self.create_tempdir().full_path, 'set.npz')
+    result = eval_lib.evaluate(self.workdir, export=export)
+    with open(os.path.join(self.workdir, eval_lib.RESULT_NAME)) as f:
+      self.assertEqual(json.load(f), result)
+    rows = {row['method']: row for row in result['table']}
+    self.assertEqual(list(rows), ['distilled', 'random_real', 'class_means',
+                                  'full_data'])
+    self.assertEqual(rows['distilled']['test_accuracy'],
+                     result['test_accuracy'])
+    self.assertEqual(rows['random_real']['draws'], 3)
+    self.assertGreater(rows['random_real']['test_accuracy_std'], 0)
+    self.assertEqual(rows['class_means']['images'], 10)
+    self.assertEqual(rows['full_data']['images'], 1337)
+    self.assertIn(rows['full_data']['l2reg'], (1e-1, 1e-2, 1e-3, 1e-4))
+    self.assertGreater(rows['full_data']['test_accuracy'], 0.9)
+    exported = np.load(export)
+    self.assertEqual(exported['images'].shape, (10, 8, 8, 1))
+    self.assertEqual(exported['targets'].shape, (10, 10))
+
+  def test_best_and_latest(self):
+    best = eval_lib.evaluate(self.workdir, which='best', baselines=False)
+    latest = eval_lib.evaluate(self.workdir, which='latest', baselines=False)
+    self.assertEqual(latest['step'], 6)
+    self.assertEqual((best['checkpoint'], latest['checkpoint']),
+                     ('best', 'latest'))
+    self.assertLen(latest['table'], 1)
+    with self.assertRaisesRegex(errors.UserError, '--checkpoint=newest'):
+      eval_lib.load_distilled(self.workdir, 'newest')
+
+  def test_class_means_of_one_image_per_class_are_the_means(self):
+    split = input_pipeline.Split(
+        np.array([[0., 2.], [2., 4.], [5., 5.], [7., 7.]], np.float32),
+        np.array([0, 0, 1, 1], np.int32))
+    means = eval_lib._class_means(split, 1)
+    np.testing.assert_allclose(means.images, [[1., 3.], [6., 6.]])
+    np.testing.assert_array_equal(means.labels, [0, 1])
+    two = eval_lib._class_means(split, 2)
+    np.testing.assert_allclose(np.sort(two.images, 0),
+                               np.sort(split.images, 0))
+
+
+if __name__ == '__main__':
+  absltest.main()
