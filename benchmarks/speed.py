@@ -115,7 +115,8 @@ def ours(config, train, test, max_steps):
   trace = []
   for elapsed in (setup, 0.0):
     start = time.perf_counter()
-    state = distiller.init_state(jax.random.PRNGKey(config.seed), train)
+    state = parallel.replicate(
+        distiller.init_state(jax.random.PRNGKey(config.seed), train))
     elapsed += time.perf_counter() - start
     run = []
     for _ in range(max_steps):
@@ -138,7 +139,7 @@ def time_to(trace, target):
 def steady_step_ms(config, train, repeats):
   """Median ms per outer step, `steps_per_dispatch` steps per call."""
   distiller = outer.Distiller(config)
-  state = distiller.init_state(jax.random.PRNGKey(0), train)
+  state = parallel.replicate(distiller.init_state(jax.random.PRNGKey(0), train))
   shard = parallel.put_sharded(train)
   n = config.steps_per_dispatch
   step = distiller.pmapped_train_steps(n)

@@ -4,7 +4,8 @@ The seed's formulation (hard labels, fixed l2reg 0.1) caps a linear model fit
 on 10 images near 79.5% on Fashion-MNIST: at the inner optimum,
 l2reg * ||W||^2 is bounded by a constant, so W cannot grow to the full-data
 solution. Learning the soft labels and log(l2reg) with the images lifts the
-cap; real images as the start and a cosine schedule make it converge.
+cap. Starting from means of real images (about 71% on Fashion-MNIST with one
+image per class) and a cosine schedule make it converge fast.
 """
 
 import ml_collections
@@ -13,7 +14,7 @@ import ml_collections
 def learned_setting(config: ml_collections.ConfigDict,
                     images_per_class: int) -> ml_collections.ConfigDict:
   config.distill.images_per_class = images_per_class
-  config.distill.image_init = 'real'
+  config.distill.image_init = 'means'
   config.distill.learn_labels = True
   config.distill.learn_l2reg = True
   config.inner.warm_start = True
@@ -29,7 +30,7 @@ def learned_setting(config: ml_collections.ConfigDict,
     config.inner.implicit_solve = 'cg'
     config.inner.tol = 1e-4
   config.optimizer.name = 'adam'
-  config.optimizer.learning_rate = 0.01
+  config.optimizer.learning_rate = 0.03
   config.optimizer.schedule = 'cosine'
   config.num_steps = 1000
   config.log_every_steps = 10

@@ -24,7 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.distill = ml_collections.ConfigDict()
   config.distill.images_per_class = 1
-  # noise: N(0, 1) / num_pixels, as the seed | real: random training images.
+  # noise: N(0, 1) / num_pixels, as the seed | real: random training images
+  # | means: means of images_per_class random groups of each class.
   config.distill.image_init = 'noise'
   # Learn soft labels (softmax of per-image logits) and the inner l2reg
   # (as its log) together with the images.

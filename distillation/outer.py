@@ -34,7 +34,7 @@ Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 OPTIMIZERS = ('sgd', 'momentum', 'adam')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
-IMAGE_INITS = ('noise', 'real')
+IMAGE_INITS = ('noise', 'real', 'means')
 
 
 class OuterState(flax.struct.PyTreeNode):
@@ -103,13 +103,16 @@ class Distiller:
                  train: input_pipeline.Split | None = None) -> OuterState:
     """The state at step 0.
 
-    Images are N(0, 1) / num_pixels ('noise', the seed's) or random training
-    images of each class ('real', which needs `train`). Learned label logits
+    Images are N(0, 1) / num_pixels ('noise', the seed's), random training
+    images of each class ('real') or the means of images_per_class random
+    groups of each class ('means'); the last two need `train`. Learned label logits
     start at one_hot / label_temperature, learned log-l2reg at
     log(config.inner.l2reg).
     """
     init_rng, rng = jax.random.split(rng)
-    return self._state_with(self._initial_images(init_rng, train), rng)
+    # One compiled function, not a dozen small ones run eagerly.
+    return jax.jit(self._state_with)(self._initial_images(init_rng, train),
+                                     rng)
 
   def _state_with(self, images: jax.Array, rng: jax.Array) -> OuterState:
     params = {'images': images}
@@ -138,19 +141,24 @@ class Distiller:
     if self.config.distill.image_init == 'noise':
       return jax.random.normal(rng, shape) / self.info.num_pixels
     if train is None:
-      raise ValueError("image_init='real' needs the training split.")
+      raise ValueError(f'image_init={self.config.distill.image_init!r} needs '
+                       'the training split.')
     seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
-    picks = []
+    ipc = self.config.distill.images_per_class
+    images = []
     for c in range(self.info.num_classes):
       members = np.flatnonzero(train.labels == c)
-      if len(members) < self.config.distill.images_per_class:
+      if len(members) < ipc:
         raise errors.UserError(
-            f'config.distill.images_per_class='
-            f'{self.config.distill.images_per_class} exceeds the '
+            f'config.distill.images_per_class={ipc} exceeds the '
             f'{len(members)} training images of class {c}.')
-      picks.append(np.random.default_rng([seed, c]).choice(
-          members, self.config.distill.images_per_class, replace=False))
-    return jnp.asarray(train.images[np.concatenate(picks)])
+      members = np.random.default_rng([seed, c]).permutation(members)
+      if self.config.distill.image_init == 'real':
+        images.append(train.images[members[:ipc]])
+      else:  # The means of ipc random groups of the class.
+        images.append(np.stack([train.images[group].mean(0) for group in
+                                np.array_split(members, ipc)]))
+    return jnp.asarray(np.concatenate(images))
 
   def hyperparams(
       self, params: dict[str, jax.Array]

@@ -54,6 +54,13 @@ def put_sharded(split: input_pipeline.Split) -> dict[str, jax.Array]:
   return jax.device_put(shards, sharding)
 
 
+def replicate(tree):
+  """Places `tree` on all local devices, as `pmap` returns an unreplicated
+  output; a state placed otherwise makes the second step compile again."""
+  return jax.device_put(tree, jax.sharding.NamedSharding(
+      _local_mesh(), jax.sharding.PartitionSpec()))
+
+
 def initialize_multihost(coordinator_address: str | None = None,
                          num_processes: int | None = None,
                          process_id: int | None = None) -> None:

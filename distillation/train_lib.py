@@ -178,6 +178,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     writer.write_hparams({
         k: v for k, v in checkpointing.flatten_dict(config.to_dict()).items()
         if v is not None})
+  state = parallel.replicate(state)
   train_shard = parallel.put_sharded(train)
   validation_shard = parallel.put_sharded(validation)
   eval_step = distiller.pmapped_eval_step()

@@ -98,6 +98,18 @@ class OuterTest(parameterized.TestCase):
       self.assertEqual(train.labels[matches[0]], label)
     self.assertLen({tuple(x) for x in images}, 30)
 
+  def test_means_init_of_one_image_per_class_is_the_class_mean(self):
+    config = _config()
+    config.distill.image_init = 'means'
+    train = _train_split(config)
+    distiller = outer.Distiller(config)
+    images = distiller.init_state(jax.random.PRNGKey(0), train).params[
+        'images']
+    for c in range(10):
+      np.testing.assert_allclose(
+          images[c], train.images[train.labels == c].mean(0), rtol=1e-5,
+          atol=1e-6)
+
   @parameterized.parameters('constant', 'cosine', 'warmup_cosine')
   def test_schedules(self, schedule):
     config = _config()
