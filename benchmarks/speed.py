@@ -55,6 +55,17 @@ def _block(tree):
   return jax.block_until_ready(tree)
 
 
+def _median_seconds(fn, *args, repeats):
+  """Median wall time of fn(*args) after one warm-up call."""
+  _block(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    _block(fn(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
 def _data(config):
   train, _ = input_pipeline.load_train_and_validation(config.data)
   test = input_pipeline.load_split(config.data, 'test')
@@ -163,27 +174,14 @@ def forward_backward_ms(train, repeats):
     return jax.grad(lambda w: -jnp.mean(jnp.sum(
         y * jax.nn.log_softmax(x @ w), -1)))(w)
 
-  w = jnp.zeros((784, 10))
-  _block(grad(w))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    _block(grad(w))
-    times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times))
+  return 1e3 * _median_seconds(grad, jnp.zeros((784, 10)), repeats=repeats)
 
 
 def copy_bandwidth_gbs(nbytes=1 << 30, repeats=10):
   """Device copy bandwidth (bytes read + written per second)."""
   x = jnp.ones(nbytes // 4, jnp.float32)
-  copy = jax.jit(lambda x: x * 1.0)
-  _block(copy(x))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    _block(copy(x))
-    times.append(time.perf_counter() - start)
-  return 2 * nbytes / float(np.median(times)) / 1e9
+  seconds = _median_seconds(jax.jit(lambda x: x * 1.0), x, repeats=repeats)
+  return 2 * nbytes / seconds / 1e9
 
 
 def step_table(train, quick):
