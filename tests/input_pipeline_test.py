@@ -94,7 +94,7 @@ class IdxTest(parameterized.TestCase):
   def test_idx_dir_only_for_mnist_like(self):
     with self.assertRaisesRegex(errors.UserError, 'has no idx format'):
       input_pipeline.load_split(
-          _data_config(dataset='cifar10', idx_dir='/tmp'), 'train')
+          _data_config(dataset='cifar10', idx_dir='some_dir'), 'train')
 
 
 class SourcesTest(parameterized.TestCase):
