@@ -1,4 +1,6 @@
-"""Distills a dataset: `python train.py --config=configs/default.py --workdir=DIR`.
+"""Distills a dataset.
+
+  python train.py --config=configs/default.py --workdir=DIR
 
 Any config field can be overridden, e.g. `--config.inner.l2reg=0.01`. Running
 the same command again resumes from the newest checkpoint in DIR. With
@@ -25,7 +27,8 @@ flags.DEFINE_bool(
     'flags below are detected where JAX can, e.g. on TPU VMs.')
 flags.DEFINE_string('coordinator_address', None,
                     'host:port of process 0, for --multihost.')
-flags.DEFINE_integer('num_processes', None, 'Processes in all, for --multihost.')
+flags.DEFINE_integer('num_processes', None,
+                     'Processes in all, for --multihost.')
 flags.DEFINE_integer('process_id', None, 'This process, 0-based, for '
                      '--multihost.')
 flags.mark_flags_as_required(['config', 'workdir'])

@@ -1,7 +1,8 @@
 """Trains and evaluates configs, and tabulates test accuracy and wall time.
 
   python benchmarks/accuracy.py --workdir=workdirs/accuracy \
-      --configs=fashion_mnist_ipc1,fashion_mnist_ipc10 [-- --config.data.idx_dir=DIR]
+      --configs=fashion_mnist_ipc1,fashion_mnist_ipc10 \
+      [-- --config.data.idx_dir=DIR]
 
 Each config runs `train.py` then `eval.py` (with baselines) in a fresh
 workdir, as a user would; the table (Markdown) and the raw results (JSON) land

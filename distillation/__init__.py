@@ -1,1 +1,1 @@
-"""Dataset distillation by bi-level optimization with implicit differentiation."""
+"""Dataset distillation: bi-level optimization, implicit differentiation."""

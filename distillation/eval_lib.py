@@ -72,6 +72,9 @@ def load_distilled(workdir: str, which: str = 'latest'
 def evaluate(workdir: str, export: str | None = None, which: str = 'best',
              baselines: bool = True) -> dict[str, Any]:
   """Tests the distilled set of `workdir` (and baselines); writes eval.json."""
+  if export and not os.path.isdir(os.path.dirname(os.path.abspath(export))):
+    raise errors.UserError(f'--export={export}: its directory does not exist;'
+                           ' create it or pick another path.')
   distiller, state, which = load_distilled(workdir, which)
   config = distiller.config
   test = input_pipeline.load_split(config.data, 'test')

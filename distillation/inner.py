@@ -67,7 +67,8 @@ def _solve_lu(matvec: Callable[[Any], Any], b: Any) -> Any:
 IMPLICIT_SOLVES = {'normal_cg': jaxopt.linear_solve.solve_normal_cg,
                    'cg': jaxopt.linear_solve.solve_cg,
                    'lu': _solve_lu}
-_NEWTON_STEP_SIZES = 0.5 ** np.arange(8)  # Backtracking candidates, tried at once.
+# Backtracking candidates of the Newton step, all tried at once.
+_NEWTON_STEP_SIZES = 0.5 ** np.arange(8)
 
 
 class InnerResult(NamedTuple):
@@ -137,10 +138,14 @@ def make_solver(
 def representer_residual(coef: jax.Array, l2reg: jax.Array, images: jax.Array,
                          targets: jax.Array) -> jax.Array:
   """R(A): zero exactly when W = images^T A minimizes the inner objective."""
-  k = images.shape[0]
-  logits = images @ (images.T @ coef)
+  return _residual(coef, images @ (images.T @ coef), l2reg, targets)
+
+
+def _residual(coef, logits, l2reg, targets):
+  """R(A) given the distilled set's logits X X^T A."""
   mass = jnp.sum(targets, -1, keepdims=True)
-  return l2reg * k * coef + mass * jax.nn.softmax(logits) - targets
+  return (l2reg * coef.shape[0] * coef + mass * jax.nn.softmax(logits) -
+          targets)
 
 
 def _newton_solver(inner_config, implicit_solve):
@@ -155,9 +160,8 @@ def _newton_solver(inner_config, implicit_solve):
       logits = gram @ coef
       loss = jnp.mean(mass[:, 0] * jax.nn.logsumexp(logits, -1) -
                       jnp.sum(targets * logits, -1))
-      reg = 0.5 * l2reg * jnp.vdot(coef, gram @ coef)
-      probs = jax.nn.softmax(logits)
-      return loss + reg, l2reg * k * coef + mass * probs - targets
+      reg = 0.5 * l2reg * jnp.vdot(coef, logits)
+      return loss + reg, _residual(coef, logits, l2reg, targets)
 
     def error(residual):  # ||gradient wrt W||, as the other solvers report.
       return jnp.linalg.norm(images.T @ residual) / k

@@ -44,7 +44,7 @@ _DIGITS_TEST_SIZE = 360  # ~20% of the 1797 digits, held out with a fixed seed.
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """Examples of one split: `images` (n, num_pixels) in [0, 1], `labels` (n,)."""
+  """One split: `images` (n, num_pixels) in [0, 1] and `labels` (n,)."""
   images: np.ndarray
   labels: np.ndarray
 

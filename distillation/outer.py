@@ -105,8 +105,8 @@ class Distiller:
 
     Images are N(0, 1) / num_pixels ('noise', the seed's), random training
     images of each class ('real') or the means of images_per_class random
-    groups of each class ('means'); the last two need `train`. Learned label logits
-    start at one_hot / label_temperature, learned log-l2reg at
+    groups of each class ('means'); the last two need `train`. Learned label
+    logits start at one_hot / label_temperature, learned log-l2reg at
     log(config.inner.l2reg).
     """
     init_rng, rng = jax.random.split(rng)

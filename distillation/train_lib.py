@@ -145,7 +145,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                      else -np.inf)
     with _Preemption() as preemption:
       state = _train(config, workdir, distiller, state, train, validation,
-                     (checkpoints, best, best_accuracy), preemption)
+                     checkpoints=checkpoints, best=best,
+                     best_accuracy=best_accuracy, preemption=preemption)
   if int(state.step) < config.num_steps:
     logging.warning('Preempted: saved a checkpoint at step %d and stopped; '
                     'run the same command to resume.', int(state.step))
@@ -161,16 +162,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 def _train(config: ml_collections.ConfigDict, workdir: str,
            distiller: outer.Distiller, state: outer.OuterState,
            train: input_pipeline.Split, validation: input_pipeline.Split,
-           checkpoints: tuple[checkpointing.Checkpoints,
-                              checkpointing.Checkpoints, float],
+           *, checkpoints: checkpointing.Checkpoints,
+           best: checkpointing.Checkpoints, best_accuracy: float,
            preemption: _Preemption) -> outer.OuterState:
   """Runs outer steps from `state.step` to `config.num_steps`, or until
-  preempted.
-
-  `checkpoints` holds the regular checkpoints, the best-so-far checkpoint
-  and its validation accuracy.
-  """
-  checkpoints, best, best_accuracy = checkpoints
+  preempted; `best` keeps the state of the best validation accuracy, so far
+  `best_accuracy`."""
   meta = checkpointing.make_meta(config, state)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)

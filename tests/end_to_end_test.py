@@ -76,6 +76,14 @@ class EndToEndTest(parameterized.TestCase):
     with open(path) as f:
       self.assertEqual(f.read(), 'precious')
 
+  def test_eval_export_to_a_missing_directory(self):
+    workdir = self.create_tempdir().full_path
+    code, last, _ = run('eval.py', f'--workdir={workdir}',
+                        f'--export={workdir}/no/such/dir/set.npz')
+    self.assertNotEqual(code, 0)
+    self.assertIn('its directory does not exist', last)
+    self.assertEmpty(os.listdir(workdir))
+
   def test_eval_without_checkpoints(self):
     workdir = self.create_tempdir().full_path
     code, last, _ = run('eval.py', f'--workdir={workdir}')
