@@ -32,16 +32,18 @@ LONG_RUN = ('--config=configs/test.py', '--config.num_steps=120',
             '--config.max_checkpoints_to_keep=2')
 
 
-def start(workdir, *extra, devices=1, process_id=None, port=None):
-  env = dict(os.environ, PYTHONUNBUFFERED='1', XLA_FLAGS=(
-      f'--xla_force_host_platform_device_count={devices}'))
+def start(workdir, *extra, devices=1, process_id=None, port=None,
+          stderr=None):
+  """Starts train.py; its stderr goes to a pipe, or to the open file given."""
+  env = dict(os.environ, PYTHONUNBUFFERED='1', PYTHONFAULTHANDLER='1',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
   multihost = [] if port is None else [
       '--multihost', f'--coordinator_address=127.0.0.1:{port}',
       '--num_processes=2', f'--process_id={process_id}']
   return subprocess.Popen(
       [sys.executable, 'train.py', f'--workdir={workdir}', *LONG_RUN, *extra,
        *multihost], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE, text=True)
+      stderr=stderr or subprocess.PIPE, text=True)
 
 
 def final_images(workdir):
@@ -125,28 +127,92 @@ class ResilienceTest(absltest.TestCase):
     np.testing.assert_array_equal(final_images(workdir)[0], self.reference)
 
   def test_two_processes_equal_one_process(self):
+    if (reason := gloo_cannot_connect()):
+      self.skipTest(reason)
     with socket.socket() as s:
       s.bind(('127.0.0.1', 0))
       port = s.getsockname()[1]
     one_dir = os.path.join(self.create_tempdir().full_path, 'one')
     two_dir = os.path.join(self.create_tempdir().full_path, 'two')
-    procs = [start(two_dir, '--config.num_steps=20', devices=2,
-                   process_id=i, port=port) for i in range(2)]
-    procs.append(start(one_dir, '--config.num_steps=20', devices=4))
-    try:
-      for proc in procs:
-        _, err = proc.communicate(timeout=300)
-        self.assertEqual(proc.returncode, 0, err[-3000:])
-    finally:
-      for proc in procs:
-        if proc.poll() is None:
-          proc.kill()
+    logs = self.create_tempdir().full_path
+    runs = {'process 0': (two_dir, dict(devices=2, process_id=0, port=port)),
+            'process 1': (two_dir, dict(devices=2, process_id=1, port=port)),
+            'one process': (one_dir, dict(devices=4))}
+    procs = {}
+    for name, (workdir, kwargs) in runs.items():
+      log = os.path.join(logs, name.replace(' ', '_'))
+      with open(log, 'w') as f:  # The child keeps its own descriptor.
+        procs[name] = (start(workdir, '--config.num_steps=20', stderr=f,
+                             **kwargs), log)
+    failure = wait_all(procs, timeout=240)
+    self.assertIsNone(failure, failure)
     two, step = final_images(two_dir)
     one, _ = final_images(one_dir)
     self.assertEqual(step, 20)
     np.testing.assert_allclose(two, one, rtol=1e-3, atol=1e-5)
     self.assertLen(glob.glob(os.path.join(two_dir, 'events.out.*')), 1)
     self.assertTrue(os.path.isfile(os.path.join(two_dir, train_lib.PNG_NAME)))
+
+
+def gloo_cannot_connect() -> str | None:
+  """Why gloo (JAX's CPU collectives) cannot connect here, or None.
+
+  Gloo listens on the first local address that the machine's host name
+  resolves to, and its peers connect there; a sandbox whose host name maps
+  to an address that it filters makes every collective wait forever.
+  """
+  name = socket.gethostname()
+  try:
+    infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+  except OSError as e:
+    return f'host name {name!r} does not resolve ({e}); gloo needs it to'
+  for family, kind, proto, _, address in infos:
+    with socket.socket(family, kind, proto) as server:
+      try:
+        server.bind((address[0], 0))
+      except OSError:
+        continue
+      server.listen()
+      try:
+        socket.create_connection(server.getsockname()[:2], timeout=5).close()
+        return None
+      except OSError as e:
+        return (f'gloo listens on {address[0]}, the address of host name '
+                f'{name!r}, and connecting to it fails here ({e})')
+  return f'no address of host name {name!r} can be bound; gloo needs one'
+
+
+def wait_all(procs: dict[str, tuple[subprocess.Popen, str]],
+             timeout: float) -> str | None:
+  """Waits for processes (with their stderr logs); None if all exit with 0.
+
+  Else returns what went wrong with every log's tail. The first failure ends
+  the wait (the others would wait for it in a collective forever); on
+  timeout, each process still running dumps its Python stacks into its log
+  (faulthandler, SIGABRT) and dies.
+  """
+  deadline = time.time() + timeout
+  failed = None
+  while failed is None and time.time() < deadline:
+    codes = {name: proc.poll() for name, (proc, _) in procs.items()}
+    if all(code == 0 for code in codes.values()):
+      return None
+    failed = next((name for name, code in codes.items() if code), None)
+    time.sleep(0.1)
+  reports = []
+  for name, (proc, log) in procs.items():
+    if proc.poll() is None:
+      proc.send_signal(signal.SIGABRT)
+      try:
+        proc.wait(timeout=10)
+      except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    with open(log) as f:
+      reports.append(f'--- {name} (exit {proc.returncode}):\n'
+                     f'{f.read()[-3000:]}')
+  cause = f'{failed} failed' if failed else f'timed out after {timeout} s'
+  return '\n'.join([cause, *reports])
 
 
 class CorruptCheckpointTest(absltest.TestCase):
