@@ -1,6 +1,7 @@
 """Speed of the outer step against the seed's algorithm and the hardware.
 
-  python benchmarks/speed.py --idx_dir=DIR [--quick] [--out=DIR]
+  python benchmarks/speed.py --idx_dir=DIR [--quick] [--out=DIR] \
+      [--solvers=newton,lbfgs]
 
 In one process on the current machine (DIR holds Fashion-MNIST idx files):
 1. time to the seed's final test accuracy: the seed's algorithm (jaxopt's
@@ -44,10 +45,13 @@ with warnings.catch_warnings():
   import jaxopt  # The seed's algorithm, as a reference only.
 
 FLAGS = flags.FLAGS
+IMPLICIT_SOLVE = {'newton': 'lu', 'lbfgs': 'cg'}
 flags.DEFINE_string('idx_dir', None, 'Fashion-MNIST idx files.')
 flags.DEFINE_string('out', 'benchmarks/results', 'Output directory.')
 flags.DEFINE_bool('quick', False, 'Fewer configurations and repeats.')
 flags.DEFINE_bool('steps_only', False, 'Only part 2 (for the subprocess).')
+flags.DEFINE_list('solvers', ['newton', 'lbfgs'],
+                  'Inner solvers of the steady-state table.')
 flags.mark_flags_as_required(['idx_dir'])
 
 
@@ -197,13 +201,12 @@ def step_table(train, quick):
     config.distill.images_per_class = ipc
     config.data.outer_batch_size = batch
     config.steps_per_dispatch = per_dispatch
-    for solver in (('newton', 'lu'), ('lbfgs', 'cg')):
-      if solver[0] == 'newton' and ipc == 50 and jax.default_backend() == 'cpu':
-        continue  # (k K)^3 per Newton step: minutes on CPU.
-      config.inner.solver, config.inner.implicit_solve = solver
+    for solver in FLAGS.solvers:
+      config.inner.solver = solver
+      config.inner.implicit_solve = IMPLICIT_SOLVE[solver]
       rows.append({
           'images_per_class': ipc, 'outer_batch_size': batch or 'full',
-          'steps_per_dispatch': per_dispatch, 'solver': solver[0],
+          'steps_per_dispatch': per_dispatch, 'solver': solver,
           'devices': jax.device_count(),
           'ms_per_step': steady_step_ms(config, train, repeats)})
       print(json.dumps(rows[-1]), flush=True)
@@ -260,8 +263,8 @@ def main(argv):
                XLA_FLAGS='--xla_force_host_platform_device_count=8')
     out = subprocess.run(
         [sys.executable, __file__, f'--idx_dir={FLAGS.idx_dir}',
-         '--steps_only', '--quick'], env=env, capture_output=True, text=True,
-        check=True).stdout
+         '--steps_only', '--quick', f'--solvers={",".join(FLAGS.solvers)}'],
+        env=env, capture_output=True, text=True, check=True).stdout
     result['steps'] += json.loads(out.split('ROWS=')[1])
 
   with open(os.path.join(FLAGS.out, 'speed.json'), 'w') as f:

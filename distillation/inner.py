@@ -25,8 +25,10 @@ with s the row sums of the targets (1 for labels; kept so that derivatives
 with respect to the targets are those of the cross-entropy).
 
 Newton's method on R needs k*K unknowns instead of p*K and converges in a few
-steps; its implicit gradient solves one dense (kK x kK) system. Both cost
-O((kK)^3), so it suits small distilled sets (kK up to about a thousand on CPU).
+steps (one or two from the previous outer step's solution). Its systems, and
+the transposed one of the implicit gradient, are solved exactly in O(K k^3)
+(`jacobian_solver`), not O((kK)^3): the Jacobian is K diagonal blocks of
+size k plus a low-rank part (small systems are solved densely).
 """
 
 from collections.abc import Callable
@@ -36,6 +38,7 @@ import warnings
 
 import jax
 import jax.flatten_util
+import jax.scipy.linalg
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -103,18 +106,18 @@ def make_solver(
   """Returns `solve(init, l2reg, images, targets) -> InnerResult`."""
   name = inner_config.implicit_solve
   if name not in IMPLICIT_SOLVES or (
-      inner_config.solver == 'newton' and name == 'cg'):
+      inner_config.solver == 'newton' and name != 'lu'):
     raise errors.UserError(
         f'config.inner.implicit_solve={name!r} is unknown or does not fit '
         f'config.inner.solver={inner_config.solver!r}; use one of '
-        f'{", ".join(IMPLICIT_SOLVES)} (not cg with newton, whose system is '
-        'not symmetric).')
+        f'{", ".join(IMPLICIT_SOLVES)} (lu with newton, which solves its '
+        'implicit system directly, as it does its Newton steps).')
+  if inner_config.solver == 'newton':
+    return _newton_solver(inner_config)
   implicit_solve = IMPLICIT_SOLVES[name]
   if name != 'lu':
     implicit_solve = functools.partial(implicit_solve,
                                        tol=inner_config.implicit_tol)
-  if inner_config.solver == 'newton':
-    return _newton_solver(inner_config, implicit_solve)
   fun = lambda params, l2reg, images, targets: objective(
       params, l2reg, images, targets, apply_fn=apply_fn)
   common = dict(fun=fun, tol=inner_config.tol, maxiter=inner_config.maxiter,
@@ -148,11 +151,122 @@ def _residual(coef, logits, l2reg, targets):
           targets)
 
 
-def _newton_solver(inner_config, implicit_solve):
-  """Newton's method on the representer coefficients A (linear model)."""
+def _unstacked(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """Maps `fn` over the leading axis with one call per slice.
+
+  jaxlib's batched LAPACK kernels on CPU split a batch over the thread pool
+  they already run in and wait for it; two at once can deadlock a small
+  pool (seen with 2 cores). Unbatched calls do not wait, so on CPU the
+  blocks are factored and solved one at a time.
+  """
+
+  def per_slice(*args):
+    outs = [fn(*[a[i] for a in args]) for i in range(len(args[0]))]
+    return jax.tree.map(lambda *x: jnp.stack(x), *outs)
+
+  return lambda *args: jax.lax.platform_dependent(*args, cpu=per_slice,
+                                                  default=fn)
+
+
+_block_lu_factor = _unstacked(jax.scipy.linalg.lu_factor)
+_block_lu_solve = _unstacked(
+    lambda lu, piv, b: jax.scipy.linalg.lu_solve((lu, piv), b))
+
+
+# Up to this many unknowns (k * K), the Newton system is solved densely: a
+# single LU takes fewer (and, on a GPU, faster) kernels than the block solve.
+# On an H200 the crossover lies between kK = 100 and 1000.
+DENSE_NEWTON_MAX = 256
+
+
+def jacobian_solver(coef: jax.Array, l2reg: jax.Array, gram: jax.Array,
+                    targets: jax.Array, transpose: bool = False,
+                    dense_max: int = DENSE_NEWTON_MAX
+                    ) -> Callable[[jax.Array], jax.Array]:
+  """Returns X -> (dR/dA)^-1 X, or (dR/dA)^-T X, for k x K matrices X.
+
+  Up to `dense_max` unknowns by an LU factorization of the (kK x kK)
+  matrix; beyond, by blocks:
+
+  dR/dA = l2reg k I + S (G (x) I), with G = X X^T and S block-diagonal over
+  examples: S_i = s_i (diag(p_i) - p_i p_i^T), the softmax Jacobian. With t
+  the top class of p_i and r_i = p_i without its top entry,
+
+    diag(p) - p p^T = E - r p^T - p_t e_t r^T,
+
+  where E = diag(p) but E_tt = p_t (1 - p_t): a diagonal part plus rank 2
+  per example. The diagonal part acts on each
+  class's column of A separately, so dR/dA = M - U W^T with K blocks
+  M_c = l2reg k I + diag(s E_c) G of size k and a rank-2k U W^T; the
+  Woodbury identity then costs O(K k^3) instead of O((kK)^3) for the dense
+  (kK x kK) matrix. Splitting at the top class keeps E from cancelling
+  against the low-rank part when predictions are confident (small l2reg);
+  one step of iterative refinement with the exact product does the rest.
+  """
+  k, num_classes = coef.shape
+  probs = jax.nn.softmax(gram @ coef)
+  mass = jnp.sum(targets, -1, keepdims=True)
+  if k * num_classes <= dense_max:
+    # dR/dA[(i,c),(j,d)] = l2reg k [i=j][c=d] + G[i,j] s_i J_i[c,d], where
+    # J_i = diag(p_i) - p_i p_i^T.
+    softmax_jac = mass[:, :, None] * (
+        probs[:, :, None] * jnp.eye(num_classes, dtype=coef.dtype) -
+        probs[:, :, None] * probs[:, None, :])
+    jac = jnp.einsum('ij,icd->icjd', gram, softmax_jac).reshape(
+        k * num_classes, k * num_classes)
+    lu = jax.scipy.linalg.lu_factor(
+        jac + l2reg * k * jnp.eye(k * num_classes, dtype=coef.dtype))
+    return lambda rhs: jax.scipy.linalg.lu_solve(
+        lu, rhs.ravel(), trans=int(transpose)).reshape(rhs.shape)
+  eye = jnp.eye(k, dtype=coef.dtype)
+  top = jax.nn.one_hot(jnp.argmax(probs, -1), num_classes, dtype=coef.dtype)
+  p_top = jnp.sum(probs * top, -1, keepdims=True)
+  rest = probs - p_top * top
+  diag = mass * (rest + p_top * (1 - p_top) * top)
+  # Leading axis: the class c.
+  m = l2reg * k * eye + diag.T[:, :, None] * gram
+  u = jnp.concatenate([(mass * rest).T[:, :, None] * eye,
+                       (mass * p_top * top).T[:, :, None] * eye], -1)
+  w = jnp.concatenate([gram * probs.T[:, None, :],
+                       gram * rest.T[:, None, :]], -1)
+  if transpose:  # (M - U W^T)^T = M^T - W U^T.
+    m, u, w = jnp.swapaxes(m, 1, 2), w, u
+  m_lu = _block_lu_factor(m)
+  z = _block_lu_solve(*m_lu, u)  # M^-1 U.
+  capacitance_lu = jax.scipy.linalg.lu_factor(
+      jnp.eye(2 * k, dtype=coef.dtype) - jnp.einsum('cji,cjl->il', w, z))
+
+  def woodbury(rhs):
+    y = _block_lu_solve(*m_lu, rhs.T[:, :, None])[..., 0]
+    t = jax.scipy.linalg.lu_solve(capacitance_lu,
+                                  jnp.einsum('cji,cj->i', w, y))
+    return (y + jnp.einsum('cil,l->ci', z, t)).T
+
+  def softmax_jacobian(v):  # S v.
+    return mass * (probs * v - probs * jnp.sum(probs * v, -1, keepdims=True))
+
+  def product(x):
+    if transpose:
+      return l2reg * k * x + gram @ softmax_jacobian(x)
+    return l2reg * k * x + softmax_jacobian(gram @ x)
+
+  def solve(rhs):
+    x = woodbury(rhs)
+    return x + woodbury(rhs - product(x))
+
+  return solve
+
+
+def _newton_solver(inner_config):
+  """Newton's method on the representer coefficients A (linear model).
+
+  Its implicit gradient solves the transposed Newton system at the solution:
+  the backward pass is one `jacobian_solver` and one vector-Jacobian product
+  of R.
+  """
 
   def newton(coef, l2reg, images, targets):
-    k, num_classes = targets.shape
+    k = targets.shape[0]
     gram = images @ images.T
     mass = jnp.sum(targets, -1, keepdims=True)
 
@@ -168,16 +282,7 @@ def _newton_solver(inner_config, implicit_solve):
 
     def step(carry):
       coef, value, residual, iteration, err, _ = carry
-      probs = jax.nn.softmax(gram @ coef)
-      # dR/dA[(i,c),(j,d)] = l2reg k [i=j][c=d] + gram[i,j] s_i J_i[c,d],
-      # where J_i = diag(p_i) - p_i p_i^T is the softmax Jacobian of example i.
-      softmax_jac = mass[:, :, None] * (probs[:, :, None] * jnp.eye(
-          num_classes) - probs[:, :, None] * probs[:, None, :])
-      jac = jnp.einsum('ij,icd->icjd', gram, softmax_jac).reshape(
-          k * num_classes, k * num_classes)
-      jac += l2reg * k * jnp.eye(k * num_classes, dtype=jac.dtype)
-      direction = jnp.linalg.solve(jac, -residual.ravel()).reshape(k,
-                                                                   num_classes)
+      direction = jacobian_solver(coef, l2reg, gram, targets)(-residual)
       # Armijo backtracking on the inner objective, all candidates at once;
       # the Newton direction descends it (slope = <grad_A f, direction>).
       slope = jnp.vdot(gram @ residual, direction) / k
@@ -206,10 +311,27 @@ def _newton_solver(inner_config, implicit_solve):
     coef, _, _, iterations, err, _ = jax.lax.while_loop(
         not_done, step, (coef, value, residual, jnp.asarray(0),
                          error(residual), jnp.asarray(True)))
-    return coef, (iterations, err)
+    return coef, iterations, err
 
-  newton = jaxopt.implicit_diff.custom_root(
-      representer_residual, has_aux=True, solve=implicit_solve)(newton)
+  @jax.custom_vjp
+  def solve_coef(coef, l2reg, images, targets):
+    return newton(coef, l2reg, images, targets)
+
+  def solve_coef_fwd(coef, l2reg, images, targets):
+    coef, iterations, err = newton(coef, l2reg, images, targets)
+    return (coef, iterations, err), (coef, l2reg, images, targets)
+
+  def solve_coef_bwd(residuals, cotangents):
+    """Implicit function theorem: with R(A*(θ), θ) = 0, the cotangent of θ
+    is -(dR/dθ)^T u, where (dR/dA)^T u is the cotangent of A*."""
+    coef, l2reg, images, targets = residuals
+    u = jacobian_solver(coef, l2reg, images @ images.T, targets,
+                        transpose=True)(cotangents[0])
+    _, pullback = jax.vjp(functools.partial(representer_residual, coef),
+                          l2reg, images, targets)
+    return (jnp.zeros_like(coef), *pullback(-u))
+
+  solve_coef.defvjp(solve_coef_fwd, solve_coef_bwd)
 
   def solve(init, l2reg, images, targets):
     leaves, treedef = jax.tree.flatten(init)
@@ -219,14 +341,14 @@ def _newton_solver(inner_config, implicit_solve):
           'config.inner.solver=newton needs the linear model (one '
           '(num_pixels, num_classes) kernel); use lbfgs for other models.')
     # Starting point: the A with images^T A closest to W = init (a ridge-
-    # regularized least squares solve, as X X^T may be singular); exact if
-    # init is the solution (warm start).
+    # regularized least squares solve of k unknowns per class, as X X^T may
+    # be singular); exact if init is the solution (warm start).
     gram = images @ images.T
     ridge = 1e-6 * jnp.trace(gram) / gram.shape[0]
     coef = jax.lax.stop_gradient(jnp.linalg.solve(
         gram + ridge * jnp.eye(gram.shape[0], dtype=gram.dtype),
         images @ leaves[0]))
-    coef, (iterations, err) = newton(coef, l2reg, images, targets)
+    coef, iterations, err = solve_coef(coef, l2reg, images, targets)
     return InnerResult(jax.tree.unflatten(treedef, [images.T @ coef]),
                        iterations, err)
 

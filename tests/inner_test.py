@@ -14,8 +14,10 @@ from distillation import inner
 from distillation import models
 
 
-def _config(solver, tol=1e-6, maxiter=2000, implicit_solve='normal_cg',
+def _config(solver, tol=1e-6, maxiter=2000, implicit_solve=None,
             implicit_tol=1e-5):
+  if implicit_solve is None:
+    implicit_solve = 'lu' if solver == 'newton' else 'normal_cg'
   return ml_collections.ConfigDict(dict(
       solver=solver, tol=tol, maxiter=maxiter, l2reg=0.1, init='ones',
       warm_start=False, implicit_solve=implicit_solve,
@@ -64,7 +66,7 @@ class InnerTest(parameterized.TestCase):
   @parameterized.parameters(
       ('gradient_descent', 'normal_cg'), ('gradient_descent', 'cg'),
       ('lbfgs', 'normal_cg'), ('lbfgs', 'cg'), ('lbfgs', 'lu'),
-      ('newton', 'normal_cg'), ('newton', 'lu'))
+      ('newton', 'lu'))
   def test_implicit_gradient_matches_finite_differences(self, solver,
                                                         implicit_solve):
     with jax.enable_x64(True):
@@ -99,6 +101,48 @@ class InnerTest(parameterized.TestCase):
         analytic = jnp.sum(grads[i] * direction)
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
 
+  @parameterized.product(transpose=(False, True), k=(3, 8),
+                         dense_max=(0, 1000))
+  def test_jacobian_solver_matches_a_dense_solve(self, transpose, k,
+                                                 dense_max):
+    """Block (Woodbury) and dense solves of dR/dA against the Jacobian of R
+    from autodiff; k=8 > p makes X X^T singular."""
+    with jax.enable_x64(True):
+      rng = np.random.default_rng(k)
+      images = rng.normal(size=(k, 5))
+      coef = rng.normal(size=(k, 4))
+      targets = jax.nn.softmax(rng.normal(size=(k, 4))) * 1.3
+      rhs = rng.normal(size=(k, 4))
+      jac = jax.jacfwd(inner.representer_residual)(
+          coef, 0.05, images, targets).reshape(4 * k, 4 * k)
+      expected = jnp.linalg.solve(jac.T if transpose else jac, rhs.ravel())
+      solve = inner.jacobian_solver(coef, 0.05, images @ images.T, targets,
+                                    transpose=transpose, dense_max=dense_max)
+      np.testing.assert_allclose(solve(rhs).ravel(), expected, rtol=1e-10,
+                                 atol=1e-10)
+
+  @parameterized.product(transpose=(False, True), dense_max=(0, 1000))
+  def test_jacobian_solver_is_accurate_in_float32(self, transpose, dense_max):
+    """Confident predictions and a small l2reg (as learned l2reg ends up):
+    the split at the top class avoids cancellation."""
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(20, 64)).astype(np.float32) ** 2
+    targets = np.asarray(jax.nn.softmax(
+        5 * rng.normal(size=(20, 10)).astype(np.float32)))
+    coef = (30 * rng.normal(size=(20, 10))).astype(np.float32)
+    rhs = rng.normal(size=(20, 10)).astype(np.float32)
+    with jax.enable_x64(True):
+      args = [np.float64(x) for x in (coef, 3e-4, images, targets)]
+      jac = jax.jacfwd(inner.representer_residual)(*args).reshape(200, 200)
+      expected = np.asarray(jnp.linalg.solve(jac.T if transpose else jac,
+                                             np.float64(rhs).ravel()))
+    gram = jnp.asarray(images) @ jnp.asarray(images).T
+    actual = inner.jacobian_solver(jnp.asarray(coef), jnp.float32(3e-4), gram,
+                                   jnp.asarray(targets), transpose,
+                                   dense_max)(rhs)
+    self.assertLess(np.linalg.norm(np.ravel(actual) - expected) /
+                    np.linalg.norm(expected), 1e-4)
+
   def test_bad_config_values(self):
     model, init, *_ = _problem()
     with self.assertRaisesRegex(errors.UserError, 'config.inner.solver'):
@@ -110,8 +154,9 @@ class InnerTest(parameterized.TestCase):
     with self.assertRaisesRegex(errors.UserError,
                                 'config.inner.implicit_solve'):
       inner.make_solver(_config('lbfgs', implicit_solve='lu?'), model.apply)
-    with self.assertRaisesRegex(errors.UserError, 'not cg with newton'):
-      inner.make_solver(_config('newton', implicit_solve='cg'), model.apply)
+    with self.assertRaisesRegex(errors.UserError, 'lu with newton'):
+      inner.make_solver(_config('newton', implicit_solve='normal_cg'),
+                        model.apply)
 
   def test_newton_converges_in_few_steps_with_little_regularization(self):
     model, init, images, labels = _problem(n=12, p=30, k=4)
