@@ -85,7 +85,12 @@ class Checkpoints:
             read_only=read_only,
             # Saves cut short (a kill mid-save) leave temporary directories,
             # which are never listed as steps; remove them on start.
-            cleanup_tmp_directories=not read_only))
+            cleanup_tmp_directories=not read_only,
+            # With several processes, Orbax names its barriers after the
+            # step; the latest and the best checkpoint both save the last
+            # step, and the same names at once fail ("already ongoing").
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=name)))
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
