@@ -290,7 +290,10 @@ class CorruptCheckpointTest(absltest.TestCase):
 
     with self.assertLogs(level='ERROR') as logs:
       state = self._train(workdir)
-    self.assertIn(f'Checkpoint {bad} cannot be restored', logs.output[0])
+    # Other errors may be logged too (asyncio reports tensorstore's failed
+    # reads of the earlier, read-only attempt whenever they are collected).
+    self.assertTrue(any(f'Checkpoint {bad} cannot be restored' in line
+                        for line in logs.output), logs.output)
     self.assertEqual(int(state.step), 6)
     np.testing.assert_array_equal(state.params['images'],
                                   reference.params['images'])
