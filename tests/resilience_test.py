@@ -129,9 +129,7 @@ class ResilienceTest(absltest.TestCase):
   def test_two_processes_equal_one_process(self):
     if (reason := gloo_cannot_connect()):
       self.skipTest(reason)
-    with socket.socket() as s:
-      s.bind(('127.0.0.1', 0))
-      port = s.getsockname()[1]
+    port = free_port()
     one_dir = os.path.join(self.create_tempdir().full_path, 'one')
     two_dir = os.path.join(self.create_tempdir().full_path, 'two')
     logs = self.create_tempdir().full_path
@@ -159,9 +157,7 @@ class ResilienceTest(absltest.TestCase):
     step, must not collide across them (they did: "already ongoing")."""
     if (reason := gloo_cannot_connect()):
       self.skipTest(reason)
-    with socket.socket() as s:
-      s.bind(('127.0.0.1', 0))
-      port = s.getsockname()[1]
+    port = free_port()
     workdir = self.create_tempdir().full_path
     logs = self.create_tempdir().full_path
     procs = {}
@@ -201,6 +197,13 @@ with checkpointing.Checkpoints(workdir) as latest, checkpointing.Checkpoints(
     best.save(state, {})
     latest.save(state, {})
 """
+
+
+def free_port() -> int:
+  """A loopback port that was free a moment ago, for the coordinator."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
 
 
 def gloo_cannot_connect() -> str | None:
