@@ -169,8 +169,11 @@ def _unstacked(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 _block_lu_factor = _unstacked(jax.scipy.linalg.lu_factor)
-_block_lu_solve = _unstacked(
-    lambda lu, piv, b: jax.scipy.linalg.lu_solve((lu, piv), b))
+
+
+def _block_lu_solve(lu, piv, b, trans=0):
+  return _unstacked(lambda lu, piv, b: jax.scipy.linalg.lu_solve(
+      (lu, piv), b, trans=trans))(lu, piv, b)
 
 
 # Up to this many unknowns (k * K), the Newton system is solved densely: a
@@ -218,29 +221,41 @@ def jacobian_solver(coef: jax.Array, l2reg: jax.Array, gram: jax.Array,
         jac + l2reg * k * jnp.eye(k * num_classes, dtype=coef.dtype))
     return lambda rhs: jax.scipy.linalg.lu_solve(
         lu, rhs.ravel(), trans=int(transpose)).reshape(rhs.shape)
-  eye = jnp.eye(k, dtype=coef.dtype)
   top = jax.nn.one_hot(jnp.argmax(probs, -1), num_classes, dtype=coef.dtype)
   p_top = jnp.sum(probs * top, -1, keepdims=True)
   rest = probs - p_top * top
   diag = mass * (rest + p_top * (1 - p_top) * top)
-  # Leading axis: the class c.
-  m = l2reg * k * eye + diag.T[:, :, None] * gram
-  u = jnp.concatenate([(mass * rest).T[:, :, None] * eye,
-                       (mass * p_top * top).T[:, :, None] * eye], -1)
-  w = jnp.concatenate([gram * probs.T[:, None, :],
-                       gram * rest.T[:, None, :]], -1)
-  if transpose:  # (M - U W^T)^T = M^T - W U^T.
-    m, u, w = jnp.swapaxes(m, 1, 2), w, u
+  # Leading axis: the class c. M_c = l2reg k I + diag(s E_c) G; per class,
+  # U_c = [diag(a_c), diag(b_c)] and W_c = [G diag(p_c), G diag(r_c)] with
+  # a = s r, b = s p_t e_t (all K x k below).
+  m = l2reg * k * jnp.eye(k, dtype=coef.dtype) + diag.T[:, :, None] * gram
+  a, b = (mass * rest).T, (mass * p_top * top).T
+  p, r = probs.T, rest.T
   m_lu = _block_lu_factor(m)
-  z = _block_lu_solve(*m_lu, u)  # M^-1 U.
+  # The system is N - P Q^T: N = M, P = U, Q = W, or transposed N = M^T,
+  # P = W, Q = U. The capacitance I - Q^T N^-1 P has blocks
+  # diag(x_c) H_c diag(y_c) summed over c, with H_c = G M_c^-1 or its
+  # transpose M_c^-T G: one block solve with k right-hand sides, not 2k
+  # plus a (2k x kK x 2k) product.
+  h = _block_lu_solve(*m_lu, jnp.broadcast_to(gram, m.shape), trans=1)
+  if transpose:
+    left, right = (a, b), (p, r)
+  else:
+    left, right, h = (p, r), (a, b), jnp.swapaxes(h, 1, 2)
   capacitance_lu = jax.scipy.linalg.lu_factor(
-      jnp.eye(2 * k, dtype=coef.dtype) - jnp.einsum('cji,cjl->il', w, z))
+      jnp.eye(2 * k, dtype=coef.dtype) - jnp.block(
+          [[jnp.einsum('ci,cij,cj->ij', x, h, y) for y in right]
+           for x in left]))
 
-  def woodbury(rhs):
-    y = _block_lu_solve(*m_lu, rhs.T[:, :, None])[..., 0]
-    t = jax.scipy.linalg.lu_solve(capacitance_lu,
-                                  jnp.einsum('cji,cj->i', w, y))
-    return (y + jnp.einsum('cil,l->ci', z, t)).T
+  def woodbury(rhs):  # (N - P Q^T)^-1 rhs = N^-1 (rhs + P t).
+    y = _block_lu_solve(*m_lu, rhs.T[:, :, None], trans=int(transpose))
+    qy = y[..., 0] if transpose else y[..., 0] @ gram
+    t = jax.scipy.linalg.lu_solve(
+        capacitance_lu, jnp.concatenate([jnp.sum(x * qy, 0) for x in left]))
+    pt = right[0] * t[:k] + right[1] * t[k:]
+    pt = pt @ gram if transpose else pt
+    return _block_lu_solve(*m_lu, (rhs.T + pt)[:, :, None],
+                           trans=int(transpose))[..., 0].T
 
   def softmax_jacobian(v):  # S v.
     return mass * (probs * v - probs * jnp.sum(probs * v, -1, keepdims=True))
