@@ -26,7 +26,7 @@ def learned_setting(config: ml_collections.ConfigDict,
   else:
     # Warm-started L-BFGS with CG on the inner Hessian (the README's results).
     # Newton is exact too: on 2 CPU cores it takes 28 vs 34 ms a step at 10
-    # images per class, 304 vs 44 at 50; on an H200, 7 and 69 ms vs 500:
+    # images per class, 162 vs 43 at 50; on an H200, 7 and 69 ms vs 500:
     # --config.inner.solver=newton --config.inner.implicit_solve=lu.
     config.inner.solver = 'lbfgs'
     config.inner.implicit_solve = 'cg'
