@@ -25,8 +25,8 @@ def learned_setting(config: ml_collections.ConfigDict,
     config.inner.tol = 1e-5
   else:
     # Warm-started L-BFGS with CG on the inner Hessian (the README's results).
-    # Newton is exact too: on 2 CPU cores it takes 28 vs 34 ms a step at 10
-    # images per class, 162 vs 43 at 50; on an H200, 7 and 69 ms vs 500:
+    # Newton is exact too: on 2 CPU cores it takes 27 vs 33 ms a step at 10
+    # images per class, 165 vs 44 at 50; on an H200, 7 and 69 ms vs 500:
     # --config.inner.solver=newton --config.inner.implicit_solve=lu.
     config.inner.solver = 'lbfgs'
     config.inner.implicit_solve = 'cg'
