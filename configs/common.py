@@ -25,9 +25,9 @@ def learned_setting(config: ml_collections.ConfigDict,
     config.inner.tol = 1e-5
   else:
     # Warm-started L-BFGS with CG on the inner Hessian (the README's results).
-    # Newton is exact too: on 2 CPU cores it takes 27 vs 33 ms a step at 10
-    # images per class, 165 vs 44 at 50; on an H200, 7 and 69 ms vs 500:
-    # --config.inner.solver=newton --config.inner.implicit_solve=lu.
+    # Newton is exact too: on 2 CPU cores it takes 26 vs 33 ms a step at 10
+    # images per class, 160 vs 45 at 50; on an H200, about 3 and 14 ms vs
+    # 600: --config.inner.solver=newton --config.inner.implicit_solve=lu.
     config.inner.solver = 'lbfgs'
     config.inner.implicit_solve = 'cg'
     config.inner.tol = 1e-4

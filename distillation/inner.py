@@ -25,10 +25,12 @@ with s the row sums of the targets (1 for labels; kept so that derivatives
 with respect to the targets are those of the cross-entropy).
 
 Newton's method on R needs k*K unknowns instead of p*K and converges in a few
-steps (one or two from the previous outer step's solution). Its systems, and
-the transposed one of the implicit gradient, are solved exactly in O(K k^3)
-(`jacobian_solver`), not O((kK)^3): the Jacobian is K diagonal blocks of
-size k plus a low-rank part (small systems are solved densely).
+steps (two or three from the previous outer step's solution). Its systems,
+and the transposed one of the implicit gradient, are solved exactly
+(`jacobian_solver`): on accelerators by one Cholesky factorization of a
+symmetric positive definite (kK x kK) matrix; on CPUs, beyond 256 unknowns,
+in O(K k^3) rather than O((kK)^3), as the Jacobian is K diagonal blocks of
+size k plus a low-rank part.
 """
 
 from collections.abc import Callable
@@ -176,11 +178,12 @@ def _block_lu_solve(lu, piv, b, trans=0):
       (lu, piv), b, trans=trans))(lu, piv, b)
 
 
-# On CPUs, up to this many unknowns (k * K) the Newton system is solved
-# densely; beyond, by blocks. On accelerators, always densely: cuSOLVER's LU
-# of many small blocks is slow, and a Cholesky factorization of the whole
-# system fits in a few large kernels.
-DENSE_NEWTON_MAX = 256
+# Up to this many unknowns (k * K), the Newton system is solved densely;
+# beyond, by blocks. On CPUs the block solve is cheaper above 256. On
+# accelerators, cuSOLVER's LU of many small blocks is slow and one Cholesky
+# factorization of the whole system takes a few large kernels, up to where
+# its (kK)^2 matrix gets large (400 MB at 10^4 unknowns).
+DENSE_NEWTON_MAX = {'cpu': 256, 'accelerator': 10_000}
 
 
 def jacobian_solver(coef: jax.Array, l2reg: jax.Array, gram: jax.Array,
@@ -189,9 +192,9 @@ def jacobian_solver(coef: jax.Array, l2reg: jax.Array, gram: jax.Array,
                     ) -> Callable[[jax.Array], jax.Array]:
   """Returns X -> (dR/dA)^-1 X, or (dR/dA)^-T X, for k x K matrices X.
 
-  Up to `dense_max` unknowns (default: DENSE_NEWTON_MAX on CPUs, any number
-  elsewhere) densely, by a Cholesky factorization of a (kK x kK) matrix
-  (below); beyond, by blocks:
+  Up to `dense_max` unknowns (default: DENSE_NEWTON_MAX for the platform)
+  densely, by a Cholesky factorization of a (kK x kK) matrix (below);
+  beyond, by blocks:
 
   dR/dA = l2reg k I + S (G (x) I), with G = X X^T and S block-diagonal over
   examples: S_i = s_i (diag(p_i) - p_i p_i^T), the softmax Jacobian. With t
@@ -207,14 +210,15 @@ def jacobian_solver(coef: jax.Array, l2reg: jax.Array, gram: jax.Array,
   (kK x kK) matrix. Splitting at the top class keeps E from cancelling
   against the low-rank part when predictions are confident (small l2reg);
   one step of iterative refinement with the exact product does the rest.
+  The dense form needs neither (tests/inner_test.py checks both in float32).
   """
   k, num_classes = coef.shape
   probs = jax.nn.softmax(gram @ coef)
   mass = jnp.sum(targets, -1, keepdims=True)
   lam = l2reg * k
   if dense_max is None:
-    dense_max = (DENSE_NEWTON_MAX if jax.default_backend() == 'cpu' else
-                 np.iinfo(np.int64).max)
+    dense_max = DENSE_NEWTON_MAX[
+        'cpu' if jax.default_backend() == 'cpu' else 'accelerator']
   if k * num_classes <= dense_max:
     # S = C C^T with C block-diagonal over examples,
     # C_i = sqrt(s_i) (diag(sqrt(p_i)) - p_i sqrt(p_i)^T). By the

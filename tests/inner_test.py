@@ -121,15 +121,18 @@ class InnerTest(parameterized.TestCase):
       np.testing.assert_allclose(solve(rhs).ravel(), expected, rtol=1e-10,
                                  atol=1e-10)
 
-  @parameterized.product(transpose=(False, True), dense_max=(0, 1000))
-  def test_jacobian_solver_is_accurate_in_float32(self, transpose, dense_max):
-    """Confident predictions and a small l2reg (as learned l2reg ends up):
-    the split at the top class avoids cancellation."""
+  @parameterized.product(transpose=(False, True), dense_max=(0, 1000),
+                         scale=(0.03, 30.0))
+  def test_jacobian_solver_is_accurate_in_float32(self, transpose, dense_max,
+                                                  scale):
+    """A small l2reg (as learned l2reg ends up), with moderately confident
+    predictions (scale 0.03: the Jacobian's condition number is ~7e3) or
+    saturated ones (30: the split at the top class avoids cancellation)."""
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(20, 64)).astype(np.float32) ** 2
     targets = np.asarray(jax.nn.softmax(
         5 * rng.normal(size=(20, 10)).astype(np.float32)))
-    coef = (30 * rng.normal(size=(20, 10))).astype(np.float32)
+    coef = (scale * rng.normal(size=(20, 10))).astype(np.float32)
     rhs = rng.normal(size=(20, 10)).astype(np.float32)
     with jax.enable_x64(True):
       args = [np.float64(x) for x in (coef, 3e-4, images, targets)]
