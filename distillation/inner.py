@@ -300,7 +300,8 @@ def _full_precision(fn: Callable[..., Any]) -> Callable[..., Any]:
   GPUs multiply float32 matrices in TF32 by default; Newton's products then
   cannot reach tol: a warm-started solve took 5.4 steps instead of 3.3 at 1
   image per class, 6.7 instead of 2.4 at 50 (H200). The products are small;
-  the price is compilation (about 1 s more on that GPU).
+  the price is compilation (roughly 1 s more on that GPU, estimated across
+  two machines).
   """
 
   @functools.wraps(fn)
