@@ -254,8 +254,8 @@ def jacobian_solver(coef: jax.Array, l2reg: jax.Array, gram: jax.Array,
   a, b = (mass * rest).T, (mass * p_top * top).T
   p, r = probs.T, rest.T
   m_lu = _block_lu_factor(m)
-  # The system is N - P Q^T: N = M, P = U, Q = W, or transposed N = M^T,
-  # P = W, Q = U. The capacitance I - Q^T N^-1 P has blocks
+  # The system is B - P Q^T: B = M, P = U, Q = W, or transposed B = M^T,
+  # P = W, Q = U. The capacitance I - Q^T B^-1 P has blocks
   # diag(x_c) H_c diag(y_c) summed over c, with H_c = G M_c^-1 or its
   # transpose M_c^-T G: one block solve with k right-hand sides, not 2k
   # plus a (2k x kK x 2k) product.
@@ -269,7 +269,7 @@ def jacobian_solver(coef: jax.Array, l2reg: jax.Array, gram: jax.Array,
           [[jnp.einsum('ci,cij,cj->ij', x, h, y) for y in right]
            for x in left]))
 
-  def woodbury(rhs):  # (N - P Q^T)^-1 rhs = N^-1 (rhs + P t).
+  def woodbury(rhs):  # (B - P Q^T)^-1 rhs = B^-1 (rhs + P t).
     y = _block_lu_solve(*m_lu, rhs.T[:, :, None], trans=int(transpose))
     qy = y[..., 0] if transpose else y[..., 0] @ gram
     t = jax.scipy.linalg.lu_solve(
