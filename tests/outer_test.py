@@ -84,6 +84,20 @@ class OuterTest(parameterized.TestCase):
     np.testing.assert_array_equal(np.argmax(targets, -1), distiller.labels)
     self.assertGreater(float(targets.max(-1).min()), 0.9)
 
+  @parameterized.parameters('noise', 'real')
+  def test_a_second_initial_state_compiles_nothing(self, image_init):
+    # Eager random draws compile one small program each (tens of ms apiece),
+    # and a jit of a bound method made anew per call compiles every time.
+    config = _config()
+    config.distill.image_init = image_init
+    train = _train_split(config)
+    distiller = outer.Distiller(config)
+    first = distiller.init_state(jax.random.PRNGKey(0), train)
+    with jax.log_compiles(), self.assertNoLogs('jax', level='WARNING'):
+      second = distiller.init_state(jax.random.PRNGKey(1), train)
+    self.assertFalse(np.array_equal(first.params['images'],
+                                    second.params['images']))
+
   def test_real_init_takes_training_images_of_each_class(self):
     config = _config()
     config.distill.images_per_class = 3
