@@ -3,13 +3,15 @@
   python benchmarks/speed.py --idx_dir=DIR [--quick] [--out=DIR] \
       [--solvers=newton,lbfgs]
 
-In one process on the current machine (DIR holds Fashion-MNIST idx files):
+On the current machine (DIR holds Fashion-MNIST idx files):
 1. time to the seed's final test accuracy: the seed's algorithm (jaxopt's
    dataset_distillation example: inner GradientDescent from ones, tol 1e-3,
    maxiter 500, l2reg 0.1; outer jaxopt GradientDescent with its line
    search, 50 iterations; noise init; 10 images) against this project's
    configs, with and without compilation, and when the first outer step
-   ends (the fixed cost of a run: set-up and compilation);
+   ends (the fixed cost of a run: set-up and compilation). Each run starts
+   in a fresh process, as a user's would (no compiled program carried over
+   from another run), --processes times; the table gives medians;
 2. steady-state time per outer step for several images per class, full
    batch and minibatch; next to one forward+backward pass over the training
    split (the step's unavoidable work) and, on a GPU, next to the bandwidth
@@ -18,7 +20,7 @@ In one process on the current machine (DIR holds Fashion-MNIST idx files):
 Writes speed.json and speed.md to --out.
 """
 
-import functools
+import importlib
 import json
 import os
 import platform
@@ -51,6 +53,9 @@ IMPLICIT_SOLVE = {'newton': 'lu', 'lbfgs': 'cg'}
 flags.DEFINE_string('idx_dir', None, 'Fashion-MNIST idx files.')
 flags.DEFINE_string('out', 'benchmarks/results', 'Output directory.')
 flags.DEFINE_bool('quick', False, 'Fewer configurations and repeats.')
+flags.DEFINE_integer('processes', 3, 'Fresh processes per run of part 1.')
+flags.DEFINE_string('trace_of', None,
+                    'Only one run of part 1 (in a fresh process).')
 flags.DEFINE_bool('steps_only', False, 'Only part 2 (for the subprocess).')
 flags.DEFINE_list('solvers', ['newton', 'lbfgs'],
                   'Inner solvers of the steady-state table.')
@@ -82,7 +87,7 @@ def _accuracy(weights, test):
   return float(jnp.mean(jnp.argmax(test.images @ weights, -1) == test.labels))
 
 
-def seed_reference(config, train, test, iterations=50):
+def seed_reference(train, test, iterations=50):
   """The seed's algorithm, one outer iteration at a time (so its accuracy
   can be read after each); times exclude those reads."""
   x, y = jnp.asarray(train.images), jnp.asarray(train.labels)
@@ -146,11 +151,56 @@ def ours(config, train, test, max_steps):
   return trace
 
 
+# Part 1's runs: the seed and this project's configs (module names).
+RUNS = ('seed', 'fashion_mnist', 'fashion_mnist_ipc1')
+
+
+def trace_of(run, train, test):
+  """(seconds, test accuracy) after each step of `run`, cold then warm."""
+  if run == 'seed':
+    return seed_reference(train, test, iterations=10 if FLAGS.quick else 50)
+  config = importlib.import_module(f'configs.{run}').get_config()
+  config.data.idx_dir = FLAGS.idx_dir
+  return ours(config, train, test, 40 if FLAGS.quick else 150)
+
+
+def in_fresh_process(*args, env=None):
+  """Runs this script with `args`; returns what it printed after RESULT=."""
+  process = subprocess.run(
+      [sys.executable, __file__, f'--idx_dir={FLAGS.idx_dir}', *args],
+      env=env, capture_output=True, text=True, check=False)
+  if process.returncode:
+    raise RuntimeError(f'{" ".join(args)} failed:\n{process.stderr[-3000:]}')
+  return json.loads(process.stdout.split('RESULT=')[1])
+
+
 def time_to(trace, target):
   for seconds, accuracy in trace:
     if accuracy >= target:
       return seconds
   return None
+
+
+def summary(run, traces, target):
+  """Medians over processes of the time to `target`, cold and warm."""
+
+  def median(values):
+    return None if None in values else float(np.median(values))
+
+  if run == 'seed':  # Its time to its own final accuracy: all its steps.
+    cold = [trace[0][-1][0] for trace in traces]
+    warm = [trace[1][-1][0] for trace in traces]
+    steps = len(traces[0][0])
+  else:
+    cold = [time_to(trace[0], target) for trace in traces]
+    warm = [time_to(trace[1], target) for trace in traces]
+    steps = next((i + 1 for i, (_, accuracy) in enumerate(traces[0][0])
+                  if accuracy >= target), None)
+  return {'run': 'seed (jaxopt GD outer, GD inner)' if run == 'seed'
+                 else f'configs/{run}.py',
+          'steps': steps,
+          'cold_s': median(cold), 'cold_s_each': cold, 'warm_s': median(warm),
+          'first_step_s': median([trace[0][0][0] for trace in traces])}
 
 
 def steady_step_ms(config, train, repeats):
@@ -221,8 +271,11 @@ def main(argv):
   base = fashion_mnist.get_config()
   base.data.idx_dir = FLAGS.idx_dir
   train, test = _data(base)
+  if FLAGS.trace_of:
+    print('RESULT=' + json.dumps(trace_of(FLAGS.trace_of, train, test)))
+    return
   if FLAGS.steps_only:
-    print('ROWS=' + json.dumps(step_table(train, FLAGS.quick)))
+    print('RESULT=' + json.dumps(step_table(train, FLAGS.quick)))
     return
   device = jax.devices()[0]
   result = {'machine': f'{platform.processor() or platform.machine()}, '
@@ -231,29 +284,23 @@ def main(argv):
             'jax': jax.__version__,
             # JAX's persistent cache (JAX_COMPILATION_CACHE_DIR) would load
             # compiled programs instead of compiling them.
-            'compilation_cache': jax.config.jax_compilation_cache_dir}
+            'compilation_cache': jax.config.jax_compilation_cache_dir,
+            # Compiler flags change compilation times (and can change speed).
+            'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
-  # 1. Time to the seed's final accuracy.
-  seed = seed_reference(base, train, test, iterations=10 if FLAGS.quick
-                        else 50)
-  target = seed[0][-1][1]
+  # 1. Time to the seed's final accuracy. The runs take turns, so that a
+  # change in the machine's load falls on all of them alike.
+  quick = ['--quick'] if FLAGS.quick else []
+  traces = {run: [] for run in RUNS}
+  for _ in range(1 if FLAGS.quick else FLAGS.processes):
+    for run in RUNS:
+      traces[run].append(in_fresh_process(f'--trace_of={run}', *quick))
+  target = traces['seed'][0][0][-1][1]
   result['seed_final_test_accuracy'] = target
-  result['time_to_seed_accuracy'] = [{
-      'run': 'seed (jaxopt GD outer, GD inner)',
-      'cold_s': seed[0][-1][0], 'warm_s': seed[1][-1][0],
-      'first_step_s': seed[0][0][0], 'steps': len(seed[0])}]
-  for name, config in (('configs/fashion_mnist.py', base),
-                       ('configs/fashion_mnist_ipc1.py',
-                        fashion_mnist_ipc1.get_config())):
-    config.data.idx_dir = FLAGS.idx_dir
-    trace = ours(config, train, test, 40 if FLAGS.quick else 150)
-    cold, warm = time_to(trace[0], target), time_to(trace[1], target)
-    result['time_to_seed_accuracy'].append({
-        'run': name, 'cold_s': cold, 'warm_s': warm,
-        'first_step_s': trace[0][0][0],
-        'steps': next((i + 1 for i, (_, a) in enumerate(trace[0])
-                       if a >= target), None)})
-    print(json.dumps(result['time_to_seed_accuracy'][-1]), flush=True)
+  result['time_to_seed_accuracy'] = [summary(run, traces[run], target)
+                                     for run in RUNS]
+  for row in result['time_to_seed_accuracy']:
+    print(json.dumps(row), flush=True)
 
   # 2. Steady-state step times, and what they are up against.
   result['steps'] = step_table(train, FLAGS.quick)
@@ -265,13 +312,11 @@ def main(argv):
 
   # 3. Eight devices (host devices on CPU; real ones elsewhere if present).
   if jax.default_backend() == 'cpu' and jax.device_count() == 1:
-    env = dict(os.environ,
-               XLA_FLAGS='--xla_force_host_platform_device_count=8')
-    out = subprocess.run(
-        [sys.executable, __file__, f'--idx_dir={FLAGS.idx_dir}',
-         '--steps_only', '--quick', f'--solvers={",".join(FLAGS.solvers)}'],
-        env=env, capture_output=True, text=True, check=True).stdout
-    result['steps'] += json.loads(out.split('ROWS=')[1])
+    env = dict(os.environ, XLA_FLAGS=result['xla_flags'] +
+               ' --xla_force_host_platform_device_count=8')
+    result['steps'] += in_fresh_process(
+        '--steps_only', '--quick', f'--solvers={",".join(FLAGS.solvers)}',
+        env=env)
 
   with open(os.path.join(FLAGS.out, 'speed.json'), 'w') as f:
     json.dump(result, f, indent=2)
@@ -284,20 +329,25 @@ def main(argv):
 def to_markdown(result):
   cache = ('persistent compilation cache in use'
            if result['compilation_cache'] else 'no compilation cache')
+  flags_set = (f'; XLA_FLAGS={result["xla_flags"]}' if result['xla_flags']
+               else '')
   lines = [f'Machine: {result["machine"]}; device {result["device"]}; '
-           f'jax {result["jax"]}; {cache}.', '',
+           f'jax {result["jax"]}; {cache}{flags_set}.', '',
            f'Time to the seed\'s final test accuracy '
-           f'({100 * result["seed_final_test_accuracy"]:.2f}%):', '',
+           f'({100 * result["seed_final_test_accuracy"]:.2f}%), medians of '
+           f'{len(result["time_to_seed_accuracy"][0]["cold_s_each"])} fresh '
+           'processes per run (all cold times in brackets):', '',
            '| run | steps | with compilation | of which to the end of step 1 '
            '| without |', '| --- | --- | --- | --- | --- |']
-  seed_cold = result['time_to_seed_accuracy'][0]['cold_s']
+  fmt = lambda s: 'not reached' if s is None else f'{s:.2f} s'
+  seed, *ours_rows = result['time_to_seed_accuracy']
   for row in result['time_to_seed_accuracy']:
-    fmt = lambda s: 'not reached' if s is None else f'{s:.2f} s'
-    ratio = (f' ({seed_cold / row["cold_s"]:.1f}x faster)'
-             if row['cold_s'] and row is not result['time_to_seed_accuracy'][0]
-             else '')
+    ratio = (f', {seed["cold_s"] / row["cold_s"]:.1f}x faster'
+             if row['cold_s'] and row in ours_rows else '')
+    each = ', '.join('-' if s is None else f'{s:.2f}'
+                     for s in row['cold_s_each'])
     lines.append(f'| {row["run"]} | {row["steps"]} | {fmt(row["cold_s"])}'
-                 f'{ratio} | {fmt(row["first_step_s"])} | '
+                 f'{ratio} ({each}) | {fmt(row["first_step_s"])} | '
                  f'{fmt(row["warm_s"])} |')
   bound = (f'; bandwidth bound {result["bound_ms"]:.3f} ms '
            f'({result["copy_bandwidth_gbs"]:.0f} GB/s copy)'
