@@ -35,6 +35,7 @@ Metrics = dict[str, jax.Array]
 OPTIMIZERS = ('sgd', 'momentum', 'adam')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
 IMAGE_INITS = ('noise', 'real', 'means')
+_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)  # A jax.random.PRNGKey.
 
 
 class OuterState(flax.struct.PyTreeNode):
@@ -89,9 +90,10 @@ class Distiller:
     self.optimizer = make_optimizer(config.optimizer, config.num_steps)
     # Class-major labels: examples [c * ipc, (c + 1) * ipc) belong to class c.
     self.labels = np.repeat(np.arange(self.info.num_classes), ipc)
+    # Shapes only: concrete arguments would compile small programs.
     self.abstract_inner_params = jax.eval_shape(
-        self.model.init, jax.random.PRNGKey(0),
-        jnp.zeros((1, self.info.num_pixels)))
+        self.model.init, _KEY, jax.ShapeDtypeStruct((1, self.info.num_pixels),
+                                                    jnp.float32))
     self.inner_init = inner.init_params(config.inner,
                                         self.abstract_inner_params)
 
@@ -145,8 +147,7 @@ class Distiller:
     """Zeros in the structure and shapes of the state: what a checkpoint is
     restored into."""
     abstract = jax.eval_shape(self._state_with, jax.ShapeDtypeStruct(
-        (self.num_distilled, self.info.num_pixels), jnp.float32),
-                              jax.random.PRNGKey(0))
+        (self.num_distilled, self.info.num_pixels), jnp.float32), _KEY)
     return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
 
   def _real_images(self, seed: int,
