@@ -53,7 +53,8 @@ IMPLICIT_SOLVE = {'newton': 'lu', 'lbfgs': 'cg'}
 flags.DEFINE_string('idx_dir', None, 'Fashion-MNIST idx files.')
 flags.DEFINE_string('out', 'benchmarks/results', 'Output directory.')
 flags.DEFINE_bool('quick', False, 'Fewer configurations and repeats.')
-flags.DEFINE_integer('processes', 3, 'Fresh processes per run of part 1.')
+flags.DEFINE_integer('processes', 3, 'Fresh processes per run of part 1 '
+                     '(1 with --quick).', lower_bound=1)
 flags.DEFINE_string('trace_of', None,
                     'Only one run of part 1 (in a fresh process).')
 flags.DEFINE_bool('steps_only', False, 'Only part 2 (for the subprocess).')
