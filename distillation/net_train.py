@@ -42,6 +42,7 @@ class Recipe:
   depth: int
   norm: str  # instance | none (convnet)
   epochs: int
+  full_data_epochs: int  # For the full training split (costly).
   batch_size: int
   learning_rate: float
   momentum: float

@@ -11,8 +11,9 @@ _DIGITS = ml_collections.ConfigDict({'dataset': 'digits'})
 
 
 def _recipe(**changes):
-  fields = dict(name='test', model='convnet', width=8, depth=2, norm='instance',
-                epochs=10, batch_size=128, learning_rate=0.01, momentum=0.9,
+  fields = dict(name='test', model='convnet', width=8, depth=2,
+                norm='instance', epochs=10, full_data_epochs=1,
+                batch_size=128, learning_rate=0.01, momentum=0.9,
                 weight_decay=5e-4, seeds=2, augment=('crop', 'scale'))
   return net_train.Recipe(**{**fields, **changes})
 
