@@ -269,9 +269,10 @@ def _net_rows(distiller: outer.Distiller, recipe: net_train.Recipe,
     rows.append(_net_row(evaluator, recipe, method, labels,
                          set_images.shape[1], accuracies, time.time() - start))
   if baselines and distiller.config.eval.get('net_full_data'):
-    rows.append(_full_data_row(trainer, evaluator, train, test, workdir,
-                               _progress(distiller.config,
-                                         f'{evaluator} full_data/hard')))
+    rows.append(_full_data_row(
+        trainer, evaluator, train, test, workdir,
+        distiller.config.eval.get('net_cache_dir'),
+        _progress(distiller.config, f'{evaluator} full_data/hard')))
   return rows
 
 
@@ -287,17 +288,19 @@ def _net_row(evaluator, recipe, method, labels, images, accuracies,
 
 def _full_data_row(trainer: net_train.NetTrainer, evaluator: str,
                    train: input_pipeline.Split, test: input_pipeline.Split,
-                   workdir: str, progress) -> dict[str, Any]:
+                   workdir: str, cache_dir: str | None,
+                   progress) -> dict[str, Any]:
   """Networks trained on the whole training split for
-  recipe.full_data_epochs; the row is cached in the workdir under a hash of
-  the recipe and the data, so a second evaluation does not repeat it."""
+  recipe.full_data_epochs; the row is cached in `cache_dir` (or the workdir)
+  under a hash of the recipe and the data, so later evaluations (of other
+  sets of the same data too) do not repeat it."""
   recipe = dataclasses.replace(trainer.recipe,
                                epochs=trainer.recipe.full_data_epochs)
   digest = hashlib.sha256(json.dumps(recipe.as_dict(),
                                      sort_keys=True).encode())
   for array in (train.images, train.labels, test.images, test.labels):
     digest.update(np.ascontiguousarray(array).tobytes())
-  path = os.path.join(workdir, FULL_DATA_CACHE,
+  path = os.path.join(cache_dir or workdir, FULL_DATA_CACHE,
                       f'{evaluator}-{digest.hexdigest()[:16]}.json')
   if os.path.exists(path):
     with open(path) as f:

@@ -30,7 +30,7 @@ from distillation import networks
 from distillation import parallel
 
 MODELS = ('convnet', 'mlp')
-_TEST_BATCH = 500  # Test images per forward pass (and network).
+_TEST_BATCH = 500  # Test images per call.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +80,7 @@ class NetTrainer:
     self._model = make_model(recipe, num_classes)
     self._devices = min(num_devices or jax.local_device_count(),
                         recipe.seeds)
+    self._unrolled = jax.default_backend() == 'cpu'
     self._init = jax.jit(jax.vmap(self._init_net))
     self._train = parallel.pmap(self._train_nets)
     self._test = parallel.pmap(self._test_nets)
@@ -106,8 +107,9 @@ class NetTrainer:
       test_images, test_labels: the test split, flat images.
       draws: which set each seed trains on.
       epochs: overrides recipe.epochs (the full-data row uses fewer).
-      steps_per_call: steps per device call (default: about 1/20 of all);
-        `progress(done, total)` is called after each.
+      steps_per_call: steps per device call on accelerators (default: about
+        1/20 of all; on CPU, one); `progress(done, total)` is called after
+        each call.
     """
     seeds = self.recipe.seeds
     draws = np.zeros(seeds, np.int32) if draws is None else np.asarray(
@@ -116,6 +118,8 @@ class NetTrainer:
     steps_per_epoch = self.schedule(n)[1]
     epochs = epochs or self.recipe.epochs
     total = epochs * steps_per_epoch
+    if self._unrolled:
+      steps_per_call = 1
     steps_per_call = steps_per_call or max(1, math.ceil(total / 20))
     nets = self._init(self._keys(seeds))
     nets['draw'] = jnp.asarray(draws)
@@ -133,8 +137,20 @@ class NetTrainer:
       done = stop
       if progress:
         progress(done, total)
-    accuracy = self._test(self._test_data(test_images, test_labels), nets)
-    return np.asarray(jax.device_get(accuracy))[:seeds]
+    size = min(_TEST_BATCH, len(test_labels))
+    correct = 0
+    for start in range(0, len(test_labels), size):
+      images = test_images[start:start + size]
+      labels = test_labels[start:start + size]
+      if len(labels) < size:  # Padded, so one program serves all batches.
+        pad = size - len(labels)
+        images = np.concatenate([images, np.zeros((pad,) + images.shape[1:],
+                                                  images.dtype)])
+        labels = np.concatenate([labels, np.full(pad, -1, labels.dtype)])
+      correct = correct + self._test(
+          {'images': images.reshape((size,) + self.image_shape),
+           'labels': labels}, nets)
+    return np.asarray(jax.device_get(correct))[:seeds] / len(test_labels)
 
   def _keys(self, seeds: int) -> jax.Array:
     return jax.vmap(jax.random.PRNGKey)(jnp.arange(seeds))
@@ -161,24 +177,26 @@ class NetTrainer:
     return (images - self._mean) / self._std
 
   def _train_nets(self, data: dict[str, Any], nets: dict[str, Any]):
-    """Steps [start, stop) of this device's networks; returns all devices'."""
-    def train(net):
-      return jax.lax.fori_loop(data['start'], data['stop'],
-                               lambda step, net: self._step(data, net, step),
-                               net)
-    nets = jax.lax.map(train, nets, batch_size=self._vmap_size(nets))
+    """Steps [start, stop) of this device's networks; returns all devices'.
+
+    On CPU, one step, and the networks unrolled: XLA's CPU backend runs a
+    network's step many times slower inside a loop (while, scan) or vmapped
+    (grouped convolutions) than as straight-line code.
+    """
+    if self._unrolled:
+      nets = self._unroll(
+          lambda net: self._step(data, net, data['start']), nets)
+    else:
+      nets = jax.vmap(lambda net: jax.lax.fori_loop(
+          data['start'], data['stop'],
+          lambda step, net: self._step(data, net, step), net))(nets)
     return jax.lax.all_gather(nets, parallel.AXIS, tiled=True)
 
-  def _vmap_size(self, nets) -> int:
-    """Networks vmapped together; the rest run one after another.
-
-    On CPU, one at a time: XLA turns the convolutions of networks vmapped
-    together into grouped convolutions, which its CPU backend runs many
-    times slower than the same convolutions one network at a time.
-    """
-    if jax.default_backend() == 'cpu':
-      return 1
-    return len(nets['key'])
+  def _unroll(self, fn, nets):
+    """fn applied to each network of `nets`, as straight-line code."""
+    count = len(nets['key'])
+    outputs = [fn(jax.tree.map(lambda x: x[i], nets)) for i in range(count)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
 
   def _step(self, data: dict[str, Any], net: dict[str, Any],
             step: jax.Array) -> dict[str, Any]:
@@ -212,24 +230,15 @@ class NetTrainer:
                           momentum)
     return {**net, 'params': params, 'momentum': momentum}
 
-  def _test_data(self, images: np.ndarray, labels: np.ndarray):
-    """Test images padded to whole batches: (batches, _TEST_BATCH, ...)."""
-    size = min(_TEST_BATCH, len(labels))
-    batches = math.ceil(len(labels) / size)
-    pad = batches * size - len(labels)
-    images = np.concatenate([images, np.zeros((pad,) + images.shape[1:],
-                                              images.dtype)])
-    labels = np.concatenate([labels, np.full(pad, -1, labels.dtype)])
-    return {'images': images.reshape((batches, size) + self.image_shape),
-            'labels': labels.reshape(batches, size)}
-
-  def _test_nets(self, test: dict[str, jax.Array], nets: dict[str, Any]):
-    def accuracy(net):
-      def correct(batch):
-        images, labels = batch
-        logits = self._model.apply(net['params'], self._normalize(images))
-        return jnp.sum(jnp.argmax(logits, -1) == labels)
-      hits = jax.lax.map(correct, (test['images'], test['labels']))
-      return jnp.sum(hits) / jnp.sum(test['labels'] >= 0)
-    accuracies = jax.lax.map(accuracy, nets, batch_size=self._vmap_size(nets))
-    return jax.lax.all_gather(accuracies, parallel.AXIS, tiled=True)
+  def _test_nets(self, batch: dict[str, jax.Array], nets: dict[str, Any]):
+    """Correct predictions on one test batch (labels -1: padding), per
+    network of all devices."""
+    def correct(net):
+      logits = self._model.apply(net['params'],
+                                 self._normalize(batch['images']))
+      return jnp.sum(jnp.argmax(logits, -1) == batch['labels'])
+    if self._unrolled:
+      counts = self._unroll(correct, nets)
+    else:
+      counts = jax.vmap(correct)(nets)
+    return jax.lax.all_gather(counts, parallel.AXIS, tiled=True)
