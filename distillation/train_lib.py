@@ -7,8 +7,11 @@ import threading
 
 from absl import logging
 from clu import metric_writers
+from clu import metrics as clu_metrics
 from clu import periodic_actions
+import flax
 import jax
+import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
@@ -60,17 +63,89 @@ def _image_grid(distiller: outer.Distiller, state: outer.OuterState):
                               scale=max(1, 64 // images.shape[1]))
 
 
-def _host_metrics(metrics: dict[str, jax.Array], first_step: int):
-  """Fetches per-step metrics; stops the run at the first non-finite step."""
-  metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
-  bad = ~(np.isfinite(metrics['loss']) & np.isfinite(metrics['grad_norm']))
-  if bad.any():
-    step = first_step + int(np.argmax(bad))
-    raise errors.DivergedError(
-        f'outer loss or hypergradient is not finite at step {step}; stopped '
-        'without saving it, so the latest checkpoint is the last good one. '
-        'Lower config.optimizer.learning_rate or raise config.inner.l2reg.')
-  return metrics
+@flax.struct.dataclass
+class _Count(clu_metrics.Metric):
+  """How many steps raised a flag."""
+  total: jax.Array
+
+  @classmethod
+  def empty(cls) -> '_Count':
+    return cls(total=jnp.zeros((), jnp.int32))
+
+  @classmethod
+  def from_model_output(cls, values: jax.Array, **_) -> '_Count':
+    return cls(total=jnp.sum(values).astype(jnp.int32))
+
+  def merge(self, other: '_Count') -> '_Count':
+    return type(self)(total=self.total + other.total)
+
+  def compute(self) -> jax.Array:
+    return self.total
+
+
+@flax.struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  """The outer steps' metrics between two writes."""
+  train_loss: clu_metrics.Average.from_output('loss')
+  train_accuracy: clu_metrics.Average.from_output('accuracy')
+  hypergradient_norm: clu_metrics.Average.from_output('grad_norm')
+  inner_iterations: clu_metrics.Average.from_output('inner_iterations')
+  inner_error: clu_metrics.LastValue.from_output('last_inner_error')
+  inner_unconverged: _Count.from_output('inner_unconverged')
+  l2reg: clu_metrics.LastValue.from_output('last_l2reg')
+
+
+def _pmapped_train_steps(distiller: outer.Distiller, num_steps: int):
+  """`distiller.train_steps` under `parallel.pmap`, returning the per-step
+  metrics (for the checks) and their `TrainMetrics`, built on the device."""
+
+  def steps(state, shard):
+    state, per_step = distiller.train_steps(state, shard, num_steps=num_steps)
+    summary = TrainMetrics.single_from_model_output(
+        **per_step, last_inner_error=per_step['inner_error'][-1:],
+        last_l2reg=per_step['l2reg'][-1:])
+    return state, (per_step, summary)
+
+  return parallel.pmap(steps)
+
+
+class _StepChecks:
+  """Checks each dispatch's per-step metrics before its state is used.
+
+  A non-finite loss or hypergradient stops the run. An inner solve that ended
+  above its tolerance makes the implicit gradient inexact: the first one is
+  warned about, all are counted (`inner_unconverged`), and with
+  config.inner.strict the run stops.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self._inner = config.inner
+    self._warned = False
+
+  def __call__(self, metrics: dict[str, np.ndarray], first_step: int) -> None:
+    bad = ~(np.isfinite(metrics['loss']) & np.isfinite(metrics['grad_norm']))
+    if bad.any():
+      step = first_step + int(np.argmax(bad))
+      raise errors.DivergedError(
+          f'outer loss or hypergradient is not finite at step {step}; stopped '
+          'without saving it, so the latest checkpoint is the last good one. '
+          'Lower config.optimizer.learning_rate or raise config.inner.l2reg.')
+    unconverged = metrics['inner_unconverged']
+    if unconverged.any() and (self._inner.strict or not self._warned):
+      i = int(np.argmax(unconverged))
+      message = (
+          f'the inner solve of step {first_step + i} stopped at error '
+          f'{metrics["inner_error"][i]:.3g} > config.inner.tol='
+          f'{self._inner.tol:g} after {metrics["inner_iterations"][i]} '
+          'iterations, so its hypergradient is inexact. Raise '
+          'config.inner.maxiter or config.inner.tol, or raise the l2reg')
+      if self._inner.strict:
+        raise errors.DivergedError(
+            message + '; config.inner.strict=True stopped the run before '
+            'saving this step.')
+      logging.warning('%s (counted as inner_unconverged; warned once).',
+                      message)
+      self._warned = True
 
 
 class _Preemption:
@@ -185,7 +260,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     hooks.append(periodic_actions.ReportProgress(
         num_train_steps=config.num_steps, writer=writer,
         every_secs=config.progress_every_secs))
-  history = []
+  checks = _StepChecks(config)
+  interval = None
   step = int(state.step)
   logging.info('Training from step %d to %d.', step, config.num_steps)
   with metric_writers.ensure_flushes(writer):
@@ -197,24 +273,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       n = min(config.steps_per_dispatch - step % config.steps_per_dispatch,
               config.num_steps - step)
       if n not in train_steps:
-        train_steps[n] = distiller.pmapped_train_steps(n)
-      state, metrics = train_steps[n](state, train_shard)
-      history.append(_host_metrics(metrics, step))
+        train_steps[n] = _pmapped_train_steps(distiller, n)
+      state, (per_step, summary) = train_steps[n](state, train_shard)
+      # One transfer; the summaries then merge on the host in numpy.
+      per_step, summary = jax.device_get((per_step, summary))
+      checks(per_step, step)
+      interval = summary if interval is None else interval.merge(summary)
       step += n
       for hook in hooks:
         hook(step)
       last = step == config.num_steps
       if step % config.log_every_steps == 0 or last:
-        interval = {k: np.concatenate([h[k] for h in history])
-                    for k in history[0]}
-        writer.write_scalars(step, {
-            'train_loss': interval['loss'].mean(),
-            'train_accuracy': interval['accuracy'].mean(),
-            'hypergradient_norm': interval['grad_norm'].mean(),
-            'inner_iterations': interval['inner_iterations'].mean(),
-            'inner_error': interval['inner_error'][-1],
-        })
-        history = []
+        writer.write_scalars(step, interval.compute())
+        interval = None
       if step % config.eval_every_steps == 0 or last:
         val = jax.device_get(eval_step(state.params, validation_shard))
         if val['accuracy'] > best_accuracy:
