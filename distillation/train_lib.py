@@ -59,7 +59,7 @@ def _check_loop_config(config: ml_collections.ConfigDict,
 def _image_grid(distiller: outer.Distiller, state: outer.OuterState):
   images = np.asarray(jax.device_get(state.params['images']))
   images = images.reshape((-1,) + distiller.info.image_shape)
-  return visualize.image_grid(images, distiller.info.num_classes,
+  return visualize.image_grid(images, distiller.info.class_names,
                               scale=max(1, 64 // images.shape[1]))
 
 
