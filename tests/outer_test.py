@@ -30,6 +30,18 @@ def _train_split(config, size=None):
   return train if size is None else train.take(np.arange(size))
 
 
+def _float64_problem(config, train):
+  """A Distiller, its initial params and one shard of `train`, in float64
+  (call under jax.enable_x64)."""
+  distiller = outer.Distiller(config)
+  params = jax.tree.map(lambda x: x.astype(jnp.float64),
+                        distiller.init_state(jax.random.PRNGKey(0)).params)
+  shard = jax.tree.map(
+      lambda x: x.astype(np.float64) if x.dtype == np.float32 else x,
+      parallel.shard_split(train, 1))
+  return distiller, params, shard
+
+
 class OuterTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
@@ -43,12 +55,7 @@ class OuterTest(parameterized.TestCase):
     config.distill.learn_labels = config.distill.learn_l2reg = learned
     train = _train_split(config, 301)  # Uneven, to exercise the padding.
     with jax.enable_x64(True):
-      distiller = outer.Distiller(config)
-      params = jax.tree.map(lambda x: x.astype(jnp.float64),
-                            distiller.init_state(jax.random.PRNGKey(0)).params)
-      shard = jax.tree.map(
-          lambda x: x.astype(np.float64) if x.dtype == np.float32 else x,
-          parallel.shard_split(train, 1))
+      distiller, params, shard = _float64_problem(config, train)
       grads, metrics, _ = _pmap_on(
           1, distiller.loss_and_hypergradient)(params, shard)
 
@@ -191,12 +198,7 @@ class OuterTest(parameterized.TestCase):
     config.distill.images_per_class = 3  # 30 images: more than needed.
     train = _train_split(config, 200)
     with jax.enable_x64(True):
-      distiller = outer.Distiller(config)
-      params = jax.tree.map(lambda x: x.astype(jnp.float64),
-                            distiller.init_state(jax.random.PRNGKey(0)).params)
-      shard = jax.tree.map(
-          lambda x: x.astype(np.float64) if x.dtype == np.float32 else x,
-          parallel.shard_split(train, 1))
+      distiller, params, shard = _float64_problem(config, train)
       step = _pmap_on(1, distiller.loss_and_hypergradient)
       cold, _, solution = step(params, shard)
       for start in (solution, jax.tree.map(lambda x: x * 1.01, solution)):
