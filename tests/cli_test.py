@@ -36,15 +36,17 @@ class ParseFlagsTest(parameterized.TestCase):
     self.assertEqual(flag_values.config.inner.l2reg, 0.5)
 
   @parameterized.named_parameters(
-      ('misspelt_field', ['--config.inner.l2rge=1'],
+      ('misspelt_field', ['--workdir=w', '--config.inner.l2rge=1'],
        r'--config.inner.l2rge is not a config field; did you mean '
        r'--config.inner.l2reg\?'),
-      ('unknown_group', ['--config.foo.bar=1'],
+      ('unknown_group', ['--workdir=w', '--config.foo.bar=1'],
        r'--config.foo.bar is not a config field; the fields are those of '
        r'.*configs/test.py.'),
-      ('bad_value', ['--config.num_steps=abc'],
+      ('bad_value', ['--workdir=w', '--config.num_steps=abc'],
        r'flag --config.num_steps=abc: invalid literal'),
       ('misspelt_flag', ['--workdr=w'], r"Unknown command line flag 'workdr'"),
+      ('missing_flag', [], r'flag --workdir=None: Flag --workdir must have a '
+       'value other than None.'),
   )
   def test_one_line(self, args, message):
     error = _parse(f'--config={TEST_CONFIG}', *args)
@@ -61,6 +63,11 @@ class ParseFlagsTest(parameterized.TestCase):
       error = _parse(f'--config={broken}', '--workdir=w', *extra)
       self.assertRegex(error, f'^ERROR: --config={broken} cannot be loaded '
                        r'\(SyntaxError: .*, line 1\)\.$')
+    failing = self.create_tempfile('failing.py', content=(
+        'def get_config():\n  raise ValueError("no such setting")\n')).full_path
+    self.assertEqual(_parse(f'--config={failing}', '--workdir=w'),
+                     f'ERROR: --config={failing} cannot be loaded '
+                     '(ValueError: no such setting).')
 
 
 if __name__ == '__main__':

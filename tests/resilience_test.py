@@ -5,6 +5,7 @@ final distilled images with those of an uninterrupted run.
 """
 
 import glob
+import json
 import os
 import random
 import re
@@ -276,6 +277,12 @@ def _truncate(step_dir):
       f.truncate(os.path.getsize(path) // 2)
 
 
+def _meta(step_dir):
+  """A checkpoint step's `meta` item (Orbax writes JSON items as is)."""
+  with open(os.path.join(step_dir, 'meta', 'metadata')) as f:
+    return json.load(f)
+
+
 class CorruptCheckpointTest(absltest.TestCase):
 
   @classmethod
@@ -326,6 +333,8 @@ class CorruptCheckpointTest(absltest.TestCase):
     workdir = self._copy_of_trained()
     best_dir = checkpointing.checkpoint_dir(workdir, checkpointing.BEST)
     (best_step,) = os.listdir(best_dir)
+    best_accuracy = _meta(os.path.join(best_dir, best_step))[
+        'validation_accuracy']
     _truncate(os.path.join(best_dir, best_step))
 
     _, state, which = eval_lib.load_distilled(workdir, 'best')
@@ -338,6 +347,13 @@ class CorruptCheckpointTest(absltest.TestCase):
                         for line in logs.output), logs.output)
     self.assertTrue(os.path.isdir(os.path.join(checkpointing.set_aside_dir(
         workdir, checkpointing.BEST), best_step)))
+    # The best accuracy so far survives it: only a better state is the best.
+    latest = os.path.join(checkpointing.checkpoint_dir(workdir), '8')
+    self.assertGreaterEqual(_meta(latest)['best_validation_accuracy'],
+                            best_accuracy)
+    for step in os.listdir(best_dir):
+      self.assertGreater(_meta(os.path.join(best_dir, step))[
+          'validation_accuracy'], best_accuracy)
 
   def test_no_silent_restart_when_every_checkpoint_is_broken(self):
     workdir = self._copy_of_trained()

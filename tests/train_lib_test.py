@@ -189,10 +189,13 @@ class TrainLibTest(absltest.TestCase):
   def test_workdir_that_cannot_be_created(self):
     config = test_config.get_config()
     under_a_file = os.path.join(self.create_tempfile().full_path, 'run')
-    for workdir in [under_a_file] + (['/proc/run'] if os.path.isdir(
-        '/proc/self') else []):
+    cases = [(under_a_file, 'cannot be created')]
+    if os.path.isdir('/proc/self'):  # Not even root may add files there.
+      cases += [('/proc/run', 'cannot be created'),
+                ('/proc/self', 'is not writable')]
+    for workdir, message in cases:
       with self.assertRaisesRegex(errors.UserError,
-                                  f'--workdir={workdir} cannot be created'):
+                                  f'--workdir={workdir} {message}'):
         train_lib.train_and_evaluate(config, workdir)
 
   def test_full_disk_is_one_error(self):
