@@ -49,7 +49,7 @@ with warnings.catch_warnings():
   import jaxopt  # The seed's algorithm, as a reference only.
 
 FLAGS = flags.FLAGS
-IMPLICIT_SOLVE = {'newton': 'lu', 'lbfgs': 'cg'}
+IMPLICIT_SOLVE = {'newton': 'direct', 'lbfgs': 'cg'}
 flags.DEFINE_string('idx_dir', None, 'Fashion-MNIST idx files.')
 flags.DEFINE_string('out', 'benchmarks/results', 'Output directory.')
 flags.DEFINE_bool('quick', False, 'Fewer configurations and repeats.')

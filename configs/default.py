@@ -34,15 +34,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.distill.learn_l2reg = False
 
   config.inner = ml_collections.ConfigDict()
-  # gradient_descent | lbfgs | newton (linear model only; with lu below).
+  # gradient_descent | lbfgs | newton (linear model only; with direct below).
   config.inner.solver = 'gradient_descent'
   config.inner.tol = 1e-3  # Stop when the gradient norm is below this.
   config.inner.maxiter = 500
   config.inner.l2reg = 0.1  # Makes the inner problem strongly convex.
   config.inner.init = 'ones'  # ones | zeros: the solver's starting point.
   config.inner.warm_start = False  # Start from the previous step's solution.
-  # Linear solve of the implicit gradient: normal_cg (jaxopt's default) | cg
-  # (the inner Hessian is symmetric) | lu (dense; newton's own direct solve).
+  # Linear solve of the implicit gradient. gradient_descent and lbfgs:
+  # normal_cg (jaxopt's default) | cg (the inner Hessian is symmetric) | lu
+  # (dense). newton: direct (the factorization of its own steps).
   config.inner.implicit_solve = 'normal_cg'
   config.inner.implicit_tol = 1e-5  # Its relative residual tolerance.
 
