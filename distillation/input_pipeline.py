@@ -22,17 +22,23 @@ from distillation import errors
 class DatasetInfo:
   num_classes: int
   image_shape: tuple[int, int, int]  # (height, width, channels)
+  class_names: tuple[str, ...]
 
   @property
   def num_pixels(self) -> int:
     return int(np.prod(self.image_shape))
 
 
+_DIGIT_NAMES = tuple(str(d) for d in range(10))
 DATASETS = {
-    'mnist': DatasetInfo(10, (28, 28, 1)),
-    'fashion_mnist': DatasetInfo(10, (28, 28, 1)),
-    'cifar10': DatasetInfo(10, (32, 32, 3)),
-    'digits': DatasetInfo(10, (8, 8, 1)),
+    'mnist': DatasetInfo(10, (28, 28, 1), _DIGIT_NAMES),
+    'fashion_mnist': DatasetInfo(10, (28, 28, 1), (
+        'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
+        'Shirt', 'Sneaker', 'Bag', 'Ankle boot')),
+    'cifar10': DatasetInfo(10, (32, 32, 3), (
+        'airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
+        'horse', 'ship', 'truck')),
+    'digits': DatasetInfo(10, (8, 8, 1), _DIGIT_NAMES),
 }
 IDX_DATASETS = ('mnist', 'fashion_mnist')
 SPLITS = ('train', 'test')

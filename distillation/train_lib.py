@@ -7,8 +7,11 @@ import threading
 
 from absl import logging
 from clu import metric_writers
+from clu import metrics as clu_metrics
 from clu import periodic_actions
+import flax
 import jax
+import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
@@ -50,7 +53,7 @@ def _check_loop_config(config: ml_collections.ConfigDict,
 def _image_grid(distiller: outer.Distiller, state: outer.OuterState):
   images = np.asarray(jax.device_get(state.params['images']))
   images = images.reshape((-1,) + distiller.info.image_shape)
-  return visualize.image_grid(images, distiller.info.num_classes,
+  return visualize.image_grid(images, distiller.info.class_names,
                               scale=max(1, 64 // images.shape[1]))
 
 
@@ -64,15 +67,88 @@ def _diverged(what: str, step: int,
       'config.optimizer.learning_rate or raise config.inner.l2reg.')
 
 
-def _host_metrics(metrics: dict[str, jax.Array], first_step: int,
-                  checkpoints: checkpointing.Checkpoints):
-  """Fetches per-step metrics; stops the run at the first non-finite step."""
-  metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
-  bad = ~(np.isfinite(metrics['loss']) & np.isfinite(metrics['grad_norm']))
-  if bad.any():
-    raise _diverged('the outer loss or hypergradient is not finite',
-                    first_step + int(np.argmax(bad)), checkpoints)
-  return metrics
+@flax.struct.dataclass
+class _Count(clu_metrics.Metric):
+  """How many steps raised a flag."""
+  total: jax.Array
+
+  @classmethod
+  def empty(cls) -> '_Count':
+    return cls(total=jnp.zeros((), jnp.int32))
+
+  @classmethod
+  def from_model_output(cls, values: jax.Array, **_) -> '_Count':
+    return cls(total=jnp.sum(values).astype(jnp.int32))
+
+  def merge(self, other: '_Count') -> '_Count':
+    return type(self)(total=self.total + other.total)
+
+  def compute(self) -> jax.Array:
+    return self.total
+
+
+@flax.struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  """The outer steps' metrics between two writes."""
+  train_loss: clu_metrics.Average.from_output('loss')
+  train_accuracy: clu_metrics.Average.from_output('accuracy')
+  hypergradient_norm: clu_metrics.Average.from_output('grad_norm')
+  inner_iterations: clu_metrics.Average.from_output('inner_iterations')
+  inner_error: clu_metrics.LastValue.from_output('last_inner_error')
+  inner_unconverged: _Count.from_output('inner_unconverged')
+  l2reg: clu_metrics.LastValue.from_output('last_l2reg')
+
+
+def _pmapped_train_steps(distiller: outer.Distiller, num_steps: int):
+  """`distiller.train_steps` under `parallel.pmap`, returning the per-step
+  metrics (for the checks) and their `TrainMetrics`, built on the device."""
+
+  def steps(state, shard):
+    state, per_step = distiller.train_steps(state, shard, num_steps=num_steps)
+    summary = TrainMetrics.single_from_model_output(
+        **per_step, last_inner_error=per_step['inner_error'][-1:],
+        last_l2reg=per_step['l2reg'][-1:])
+    return state, (per_step, summary)
+
+  return parallel.pmap(steps)
+
+
+class _StepChecks:
+  """Checks each dispatch's per-step metrics before its state is used.
+
+  A non-finite loss or hypergradient stops the run. An inner solve that ended
+  above its tolerance makes the implicit gradient inexact: the first one is
+  warned about, all are counted (`inner_unconverged`), and with
+  config.inner.strict the run stops.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               checkpoints: checkpointing.Checkpoints):
+    self._inner = config.inner
+    self._checkpoints = checkpoints
+    self._warned = False
+
+  def __call__(self, metrics: dict[str, np.ndarray], first_step: int) -> None:
+    bad = ~(np.isfinite(metrics['loss']) & np.isfinite(metrics['grad_norm']))
+    if bad.any():
+      raise _diverged('the outer loss or hypergradient is not finite',
+                      first_step + int(np.argmax(bad)), self._checkpoints)
+    unconverged = metrics['inner_unconverged']
+    if unconverged.any() and (self._inner.strict or not self._warned):
+      i = int(np.argmax(unconverged))
+      message = (
+          f'the inner solve of step {first_step + i} stopped at error '
+          f'{metrics["inner_error"][i]:.3g} > config.inner.tol='
+          f'{self._inner.tol:g} after {metrics["inner_iterations"][i]} '
+          'iterations, so its hypergradient is inexact. Raise '
+          'config.inner.maxiter or config.inner.tol, or raise the l2reg')
+      if self._inner.strict:
+        raise errors.DivergedError(
+            message + '; config.inner.strict=True stopped the run before '
+            'saving this step.')
+      logging.warning('%s (counted as inner_unconverged; warned once).',
+                      message)
+      self._warned = True
 
 
 def _check_finite(state: outer.OuterState, validation_loss: float,
@@ -240,7 +316,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     hooks.append(periodic_actions.ReportProgress(
         num_train_steps=config.num_steps, writer=writer,
         every_secs=config.progress_every_secs))
-  history = []
+  checks = _StepChecks(config, checkpoints)
+  interval = None
   step = int(state.step)
   logging.info('Training from step %d to %d.', step, config.num_steps)
   with metric_writers.ensure_flushes(writer):
@@ -252,24 +329,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       n = min(config.steps_per_dispatch - step % config.steps_per_dispatch,
               config.num_steps - step)
       if n not in train_steps:
-        train_steps[n] = distiller.pmapped_train_steps(n)
-      state, metrics = train_steps[n](state, train_shard)
-      history.append(_host_metrics(metrics, step, checkpoints))
+        train_steps[n] = _pmapped_train_steps(distiller, n)
+      state, (per_step, summary) = train_steps[n](state, train_shard)
+      # One transfer; the summaries then merge on the host in numpy.
+      per_step, summary = jax.device_get((per_step, summary))
+      checks(per_step, step)
+      interval = summary if interval is None else interval.merge(summary)
       step += n
       for hook in hooks:
         hook(step)
       last = step == config.num_steps
       if step % config.log_every_steps == 0 or last:
-        interval = {k: np.concatenate([h[k] for h in history])
-                    for k in history[0]}
-        writer.write_scalars(step, {
-            'train_loss': interval['loss'].mean(),
-            'train_accuracy': interval['accuracy'].mean(),
-            'hypergradient_norm': interval['grad_norm'].mean(),
-            'inner_iterations': interval['inner_iterations'].mean(),
-            'inner_error': interval['inner_error'][-1],
-        })
-        history = []
+        writer.write_scalars(step, interval.compute())
+        interval = None
       preempted = preemption.reached(dispatch)
       evaluate = step % config.eval_every_steps == 0 or last
       save = step % config.checkpoint_every_steps == 0 or last or preempted

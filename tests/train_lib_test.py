@@ -10,6 +10,8 @@ from absl.testing import absltest
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
 
 from configs import test as test_config
 from distillation import checkpointing
@@ -18,6 +20,18 @@ from distillation import outer
 from distillation import train_lib
 from distillation import workdirs
 from tests import input_pipeline_test
+
+
+def _scalars(workdir):
+  """{tag: [values]} of the scalars written to workdir's TensorBoard log."""
+  events = event_accumulator.EventAccumulator(
+      workdir, size_guidance={event_accumulator.TENSORS: 0})
+  events.Reload()
+  values = {tag: [tensor_util.make_ndarray(e.tensor_proto)
+                  for e in events.Tensors(tag)]
+            for tag in events.Tags()['tensors']}
+  return {tag: [float(v) for v in vs] for tag, vs in values.items()
+          if vs[0].ndim == 0}
 
 
 def _steps(workdir, name=checkpointing.LATEST):
@@ -166,6 +180,38 @@ class TrainLibTest(absltest.TestCase):
         r'now.*params/images \[10, 64\] vs \[20, 64\]'):
       train_lib.train_and_evaluate(config, workdir)
     self.assertEqual(_steps(workdir), [2])
+
+  def test_unconverged_inner_solves_are_counted_warned_and_strict_stops(self):
+    config = test_config.get_config()
+    config.inner.maxiter = 2  # Gradient descent cannot reach tol 1e-3.
+    workdir = self.create_tempdir().full_path
+    with self.assertLogs(level='WARNING') as logs:
+      train_lib.train_and_evaluate(config, workdir)
+    warnings = [r for r in logs.output if 'config.inner.tol' in r]
+    self.assertLen(warnings, 1)  # Once, naming the first step.
+    self.assertIn('inner solve of step 0 stopped', warnings[0])
+    scalars = _scalars(workdir)
+    self.assertEqual(scalars['inner_unconverged'], [2.0, 2.0, 2.0])
+    self.assertGreater(min(scalars['inner_error']), 1e-3)
+
+    config.inner.strict = True
+    strict_dir = self.create_tempdir().full_path
+    with self.assertRaisesRegex(errors.DivergedError,
+                                'step 0 .*config.inner.strict=True'):
+      train_lib.train_and_evaluate(config, strict_dir)
+    self.assertEmpty(_steps(strict_dir))
+
+  def test_learned_l2reg_stays_at_its_floor(self):
+    config = test_config.get_config()
+    config.distill.learn_l2reg = True
+    config.distill.l2reg_min = config.inner.l2reg  # Binds at once.
+    config.optimizer.learning_rate = 1.0
+    state = train_lib.train_and_evaluate(config, self.create_tempdir().full_path)
+    np.testing.assert_array_equal(state.params['log_l2reg'],
+                                  np.log(np.float32(config.inner.l2reg)))
+    config.distill.l2reg_min = 0.0
+    with self.assertRaisesRegex(errors.UserError, 'config.distill.l2reg_min'):
+      outer.Distiller(config)
 
   def test_bad_loop_config(self):
     workdir = self.create_tempdir().full_path
