@@ -81,7 +81,7 @@ class CheckCompatibleTest(absltest.TestCase):
     self.config = ml_collections.ConfigDict(dict(
         data=dict(dataset='fashion_mnist', validation_size=2, split_seed=0),
         distill=dict(images_per_class=1), eval=dict(l2reg_grid=(0.1, 0.01))))
-    self.info = input_pipeline.DatasetInfo(10, (28, 28, 1))
+    self.info = input_pipeline.DATASETS['fashion_mnist']
     self.data = [input_pipeline.Split(np.zeros((4, 784), np.float32),
                                       np.arange(4))]
     self.state = _state(0)
