@@ -22,6 +22,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg
 import numpy as np
 
 from distillation import linalg
@@ -47,13 +48,21 @@ def coefficients_for(weights: jax.Array, l2reg: jax.Array, images: jax.Array,
                      targets: jax.Array) -> jax.Array:
   """The A that the optimality condition assigns to the weights W.
 
-  R(A*) = 0 gives A* = (targets - s softmax(X W*)) / (l2reg k) in closed form,
-  so the start is exact, null-space component included, when W is the
-  solution (a warm start), and one fixed-point step away otherwise.
+  R(A*) = 0 gives A* = (targets - s softmax(X W*)) / (l2reg k) in closed form.
+  As a start, that alone is one fixed-point step from W, a gradient step of
+  size 1 / l2reg: far off for a small l2reg. So this returns the A with
+  X^T A closest to W, its part in the null space of X X^T (which W cannot
+  fix) taken from the closed form: A = (G + eps I)^-1 (X W + eps A_closed)
+  with G = X X^T. Where W is the solution, both agree and A = A*.
   """
+  k = targets.shape[0]
   mass = jnp.sum(targets, -1, keepdims=True)
-  return (targets - mass * jax.nn.softmax(images @ weights)) / (
-      l2reg * targets.shape[0])
+  closed = (targets - mass * jax.nn.softmax(images @ weights)) / (l2reg * k)
+  gram = images @ images.T
+  eps = 1e-6 * jnp.trace(gram) / k
+  return jax.scipy.linalg.cho_solve(
+      jax.scipy.linalg.cho_factor(gram + eps * jnp.eye(k, dtype=gram.dtype)),
+      images @ weights + eps * closed)
 
 
 def _full_precision(fn: Callable[..., object]) -> Callable[..., object]:
