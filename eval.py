@@ -11,6 +11,7 @@ import sys
 from absl import app
 from absl import flags
 
+from distillation import cli
 from distillation import errors
 from distillation import eval_lib
 
@@ -37,4 +38,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -10,6 +10,7 @@ when their source is used, so the algorithmic core needs neither.
 import dataclasses
 import gzip
 import os
+import zlib
 
 import ml_collections
 import numpy as np
@@ -143,10 +144,10 @@ def read_idx(path: str) -> np.ndarray:
   try:
     with gzip.open(path, 'rb') as f:
       data = f.read()
-  except OSError as e:
-    raise errors.UserError(f'cannot read idx file {path}: {e}; '
-                           'config.data.idx_dir must hold gzipped idx files.'
-                          ) from e
+  except (OSError, EOFError, zlib.error) as e:  # EOFError: a cut-off .gz.
+    raise errors.UserError(
+        f'cannot read idx file {path} ({type(e).__name__}: {e}); '
+        'config.data.idx_dir must hold complete gzipped idx files.') from e
   if len(data) < 4 or data[:2] != b'\0\0' or data[2] != 0x08:
     raise errors.UserError(f'{path} is not an idx file of unsigned bytes '
                            '(bad magic number).')

@@ -72,11 +72,11 @@ class Distiller:
     if ipc < 1:
       raise errors.UserError(
           f'config.distill.images_per_class={ipc} must be at least 1.')
-    if not config.inner.l2reg > 0:
+    if not 0 < config.inner.l2reg < np.inf:
       raise errors.UserError(
-          f'config.inner.l2reg={config.inner.l2reg} must be positive: it '
-          'makes the inner problem strongly convex, so its solution and the '
-          'implicit gradient exist.')
+          f'config.inner.l2reg={config.inner.l2reg} must be positive and '
+          'finite: it makes the inner problem strongly convex, so its '
+          'solution and the implicit gradient exist.')
     if config.distill.image_init not in IMAGE_INITS:
       raise errors.UserError(
           f'config.distill.image_init={config.distill.image_init!r} is '
@@ -304,9 +304,9 @@ def make_optimizer(opt_config: ml_collections.ConfigDict,
                    num_steps: int) -> optax.GradientTransformation:
   """The Optax optimizer of the outer parameters, with its schedule."""
   lr = opt_config.learning_rate
-  if not lr > 0:
+  if not 0 < lr < np.inf:
     raise errors.UserError(
-        f'config.optimizer.learning_rate={lr} must be positive.')
+        f'config.optimizer.learning_rate={lr} must be positive and finite.')
   if opt_config.schedule == 'constant':
     schedule = lr
   elif opt_config.schedule == 'cosine':

@@ -212,6 +212,8 @@ class OuterTest(parameterized.TestCase):
       ('l2reg', 'inner.l2reg', -1.0),
       ('optimizer', 'optimizer.name', 'adagrad?'),
       ('learning_rate', 'optimizer.learning_rate', 0.0),
+      ('infinite_learning_rate', 'optimizer.learning_rate', float('inf')),
+      ('infinite_l2reg', 'inner.l2reg', float('inf')),
       ('image_init', 'distill.image_init', 'zeros?'),
       ('schedule', 'optimizer.schedule', 'linear?'),
       ('dataset', 'data.dataset', 'imagenet'),
