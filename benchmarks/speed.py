@@ -49,7 +49,7 @@ with warnings.catch_warnings():
   import jaxopt  # The seed's algorithm, as a reference only.
 
 FLAGS = flags.FLAGS
-IMPLICIT_SOLVE = {'newton': 'lu', 'lbfgs': 'cg'}
+IMPLICIT_SOLVE = {'newton': 'direct', 'lbfgs': 'cg'}
 flags.DEFINE_string('idx_dir', None, 'Fashion-MNIST idx files.')
 flags.DEFINE_string('out', 'benchmarks/results', 'Output directory.')
 flags.DEFINE_bool('quick', False, 'Fewer configurations and repeats.')
@@ -283,6 +283,7 @@ def main(argv):
                        f'{os.cpu_count()} CPUs',
             'device': f'{device.platform}: {device.device_kind}',
             'jax': jax.__version__,
+            'commit': _commit(),
             # JAX's persistent cache (JAX_COMPILATION_CACHE_DIR) would load
             # compiled programs instead of compiling them.
             'compilation_cache': jax.config.jax_compilation_cache_dir,
@@ -327,13 +328,23 @@ def main(argv):
   print(markdown)
 
 
+def _commit() -> str:
+  """The checked-out commit, marked when the tree has uncommitted changes."""
+  git = lambda *args: subprocess.run(
+      ['git', *args], cwd=os.path.dirname(os.path.abspath(__file__)),
+      capture_output=True, text=True).stdout.strip()
+  commit = git('rev-parse', '--short', 'HEAD') or 'unknown'
+  return commit + ('+changes' if git('status', '--porcelain', '-uno') else '')
+
+
 def to_markdown(result):
   cache = ('persistent compilation cache in use'
            if result['compilation_cache'] else 'no compilation cache')
   flags_set = (f'; XLA_FLAGS={result["xla_flags"]}' if result['xla_flags']
                else '')
   lines = [f'Machine: {result["machine"]}; device {result["device"]}; '
-           f'jax {result["jax"]}; {cache}{flags_set}.', '',
+           f'jax {result["jax"]}; commit {result["commit"]}; '
+           f'{cache}{flags_set}.', '',
            f'Time to the seed\'s final test accuracy '
            f'({100 * result["seed_final_test_accuracy"]:.2f}%), medians of '
            f'{len(result["time_to_seed_accuracy"][0]["cold_s_each"])} fresh '

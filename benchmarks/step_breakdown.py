@@ -25,7 +25,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import fashion_mnist_ipc1
-from distillation import inner
+from distillation import linalg
 from distillation import input_pipeline
 from distillation import outer
 from distillation import parallel
@@ -80,8 +80,8 @@ def main(argv):
   once('run the step', lambda: jax.block_until_ready(compiled(state, shard)))
 
   for name, inner_overrides, per_dispatch in (
-      ('step: newton, lu', {}, 1),
-      ('step: newton, lu, 10 steps/dispatch', {}, 10),
+      ('step: newton', {}, 1),
+      ('step: newton, 10 steps/dispatch', {}, 10),
       ('step: newton, cold start', {'warm_start': False}, 1),
   ):
     distiller = outer.Distiller(config_with(**inner_overrides))
@@ -111,8 +111,8 @@ def main(argv):
                _time_ms(jax.jit(solve_and_pull_back), state.params)))
   l2reg, images, targets = distiller.hyperparams(state.params)
   coef = jnp.zeros_like(targets)
-  rows.append(('Newton system solve (inner.jacobian_solver)', _time_ms(
-      jax.jit(lambda c, x: inner.jacobian_solver(c, l2reg, x @ x.T, targets)(
+  rows.append(('Newton system solve (linalg.jacobian_solver)', _time_ms(
+      jax.jit(lambda c, x: linalg.jacobian_solver(c, l2reg, x @ x.T, targets)(
           targets)), coef, images)))
   # Dense solves of the Newton system's size (kK), for comparison.
   n = distiller.num_distilled * distiller.info.num_classes

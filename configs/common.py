@@ -4,8 +4,8 @@ The seed's formulation (hard labels, fixed l2reg 0.1) caps a linear model fit
 on 10 images near 79.5% on Fashion-MNIST: at the inner optimum,
 l2reg * ||W||^2 is bounded by a constant, so W cannot grow to the full-data
 solution. Learning the soft labels and log(l2reg) with the images lifts the
-cap. Starting from means of real images (about 71% on Fashion-MNIST with one
-image per class) and a cosine schedule make it converge fast.
+cap. Starting from means of real images (the class_means baseline of
+eval.py) and a cosine schedule make it converge fast.
 """
 
 import ml_collections
@@ -21,13 +21,12 @@ def learned_setting(config: ml_collections.ConfigDict,
   if images_per_class == 1:
     # Exact Newton on the k * num_classes representer coefficients.
     config.inner.solver = 'newton'
-    config.inner.implicit_solve = 'lu'
+    config.inner.implicit_solve = 'direct'
     config.inner.tol = 1e-5
   else:
-    # Warm-started L-BFGS with CG on the inner Hessian (the README's results).
-    # Newton is exact too: on 2 CPU cores it takes 26 vs 33 ms a step at 10
-    # images per class, 160 vs 45 at 50; on an H200, about 3 and 14 ms vs
-    # 600: --config.inner.solver=newton --config.inner.implicit_solve=lu.
+    # Warm-started L-BFGS with CG on the inner Hessian. Newton is exact too,
+    # and the faster choice on accelerators (benchmarks/README.md):
+    # --config.inner.solver=newton --config.inner.implicit_solve=direct.
     config.inner.solver = 'lbfgs'
     config.inner.implicit_solve = 'cg'
     config.inner.tol = 1e-4

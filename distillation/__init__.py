@@ -3,9 +3,8 @@
 On import, OpenBLAS is limited to one thread unless OPENBLAS_NUM_THREADS is
 set: jaxlib's CPU LAPACK kernels call it through SciPy, and its idle worker
 threads keep spinning after each call, competing with XLA's threads for the
-cores (measured: the pass over the training split took twice as long on 2
-cores). The solves made here are small. SciPy loads OpenBLAS at JAX's first
-LAPACK call, after this.
+cores, while the solves made here are small. SciPy loads OpenBLAS at JAX's
+first LAPACK call, after this.
 """
 
 import os

@@ -1,12 +1,16 @@
 """Orbax checkpoints of the outer state, with the config that produced them.
 
 Each checkpoint step holds two items: `state` (the whole `OuterState`) and
-`meta` (JSON: the config and the state's array shapes), so `eval.py` needs
-nothing but the workdir, and a resume with an incompatible config is caught
-before Orbax meets arrays of the wrong shape.
+`meta` (JSON: the config, the state's array shapes, what defines the
+problem, and a SHA-256 of the state's arrays), so `eval.py` needs nothing but
+the workdir, a resume with another dataset or an incompatible config is
+caught before Orbax meets arrays of the wrong shape, and a checkpoint whose
+files changed after the save (a flipped bit) is never restored.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+import hashlib
+import json
 import logging as std_logging
 import os
 from typing import Any
@@ -15,9 +19,11 @@ from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from distillation import errors
+from distillation import input_pipeline
 
 
 class _DropOrbaxInfo(std_logging.Filter):
@@ -36,10 +42,20 @@ def quiet_orbax_logs() -> None:
 
 LATEST = 'checkpoints'  # Every checkpoint_every_steps; what resume uses.
 BEST = 'best_checkpoint'  # The best by validation accuracy so far.
+CORRUPT = 'corrupt_checkpoints'  # Steps that failed to restore, moved here.
 
 
 def checkpoint_dir(workdir: str, name: str = LATEST) -> str:
   return os.path.join(os.path.abspath(workdir), name)
+
+
+def set_aside_dir(workdir: str, name: str = LATEST) -> str:
+  """Where steps of `<workdir>/<name>` that cannot be restored are moved."""
+  return os.path.join(os.path.abspath(workdir), CORRUPT, name)
+
+
+class ChecksumError(Exception):
+  """A restored state differs from the one saved: its files changed."""
 
 
 def state_shapes(state: Any) -> dict[str, list[int]]:
@@ -49,8 +65,47 @@ def state_shapes(state: Any) -> dict[str, list[int]]:
       jax.numpy.shape(leaf)) for path, leaf in flat}
 
 
-def make_meta(config: ml_collections.ConfigDict, state: Any) -> dict[str, Any]:
-  return {'config': config.to_dict(), 'state_shapes': state_shapes(state)}
+def digest(arrays: Iterable[np.ndarray]) -> str:
+  """SHA-256 of the arrays' dtypes, shapes and bytes, in order."""
+  sha = hashlib.sha256()
+  for array in arrays:
+    array = np.ascontiguousarray(array)
+    sha.update(f'{array.dtype.str}{array.shape}'.encode())
+    sha.update(array.reshape(-1).view(np.uint8))
+  return sha.hexdigest()
+
+
+# The config fields that define the distillation problem; with the image
+# shape, the classes and the data itself, a resume must not change them.
+PROBLEM_FIELDS = ('data.dataset', 'data.validation_size', 'data.split_seed',
+                  'distill.images_per_class')
+
+
+def describe_problem(config: ml_collections.ConfigDict,
+                     info: input_pipeline.DatasetInfo,
+                     splits: Iterable[input_pipeline.Split]
+                     ) -> dict[str, Any]:
+  """What a checkpoint was distilled from: PROBLEM_FIELDS, the image shape
+  and classes, and a digest of the training and validation splits as loaded
+  (so the same dataset read from another idx_dir compares equal)."""
+  flat = flatten_dict(config.to_dict())
+  problem = {field: flat.get(field) for field in PROBLEM_FIELDS}
+  problem['image_shape'] = list(info.image_shape)
+  problem['num_classes'] = info.num_classes
+  problem['data_sha256'] = digest(
+      a for split in splits for a in (split.images, split.labels))[:16]
+  return _as_json(problem)
+
+
+def make_meta(config: ml_collections.ConfigDict, state: Any,
+              problem: dict[str, Any]) -> dict[str, Any]:
+  return {'config': config.to_dict(), 'state_shapes': state_shapes(state),
+          'problem': problem}
+
+
+def _as_json(tree: Any) -> Any:
+  """As read back from JSON: tuples become lists, so they compare equal."""
+  return json.loads(json.dumps(tree))
 
 
 def flatten_dict(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
@@ -99,17 +154,19 @@ class Checkpoints:
     return os.path.join(self.directory, str(step))
 
   def save(self, state: Any, meta: dict[str, Any]) -> None:
-    """Saves `state` under its own step (asynchronously, on every process).
+    """Saves `state` under its own step (asynchronously, on every process),
+    with the SHA-256 of its arrays added to `meta`.
 
     A step saved already (by a run that was killed before its next regular
     checkpoint) holds the same state, and is kept.
     """
     if int(state.step) in self._manager.all_steps():
       return
+    state = jax.device_get(state)
+    meta = {**meta, 'state_sha256': digest(jax.tree.leaves(state))}
     self._manager.save(
         int(state.step), args=ocp.args.Composite(
-            state=ocp.args.StandardSave(jax.device_get(state)),
-            meta=ocp.args.JsonSave(meta)))
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
   def restore_newest(
       self, make_target: Callable[[dict[str, Any]], Any]
@@ -121,21 +178,24 @@ class Checkpoints:
         raises a UserError if the checkpoint does not fit.
 
     Returns:
-      (state as host arrays, meta), or None if there is no checkpoint. A step
-      that fails to restore is reported with its path and skipped; unless
-      read-only, it is moved to `<workdir>/corrupt_checkpoints/`, so it is
-      kept for inspection but neither retried nor in the way of a new save.
+      (state as host arrays, meta), or None if no checkpoint restores. A step
+      that fails to restore, or whose arrays do not match the SHA-256 saved
+      with them, is reported with its path and skipped; unless read-only, it
+      is moved to `set_aside_dir`, so it is kept for inspection but neither
+      retried nor in the way of a new save.
     """
-    steps = self.all_steps()
-    if not steps:
-      return None
-    for step in reversed(steps):
+    for step in reversed(self.all_steps()):
       try:
         meta = self._manager.restore(step, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore())).meta
         target = jax.device_get(make_target(meta))
         state = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target))).state
+        # Checkpoints written before digests were saved have none.
+        if 'state_sha256' in meta and digest(
+            jax.tree.leaves(state)) != meta['state_sha256']:
+          raise ChecksumError('its arrays differ from those saved (their '
+                              'SHA-256 does not match)')
       except errors.UserError:
         raise
       except Exception as e:  # pylint: disable=broad-except
@@ -147,15 +207,12 @@ class Checkpoints:
         continue
       logging.info('Restored checkpoint %s.', self.step_path(step))
       return state, meta
-    raise errors.UserError(
-        f'no checkpoint in {self.directory} can be restored (the log says '
-        'why); move that directory away to start afresh.')
+    return None
 
   def _set_aside(self, step: int) -> None:
     """Moves a step that cannot be restored out of Orbax's sight."""
     if jax.process_index() == 0:
-      aside = os.path.join(self.workdir, 'corrupt_checkpoints',
-                           os.path.basename(self.directory))
+      aside = set_aside_dir(self.workdir, os.path.basename(self.directory))
       os.makedirs(aside, exist_ok=True)
       target = os.path.join(aside, str(step))
       suffix = 0
@@ -163,8 +220,7 @@ class Checkpoints:
         suffix += 1
         target = os.path.join(aside, f'{step}.{suffix}')
       os.rename(self.step_path(step), target)
-      logging.warning('Moved %s to %s; resuming from an older checkpoint.',
-                      self.step_path(step), target)
+      logging.warning('Moved %s to %s.', self.step_path(step), target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
     self._manager.reload()
@@ -179,20 +235,32 @@ class Checkpoints:
 
 
 def check_compatible(meta: dict[str, Any], config: ml_collections.ConfigDict,
-                     target: Any) -> None:
-  """Raises a UserError if the saved arrays do not fit `target`'s shapes,
-  naming the arrays and the config fields that differ."""
+                     target: Any, problem: dict[str, Any]) -> None:
+  """Raises a UserError if a checkpoint was made for another problem (see
+  `describe_problem`) or its arrays do not fit `target`'s shapes, naming
+  what differs."""
+  # Checkpoints written before the problem was recorded have none.
+  saved_problem = meta.get('problem', problem)
+  differences = {
+      k: (saved_problem.get(k), problem.get(k))
+      for k in sorted(saved_problem.keys() | problem.keys())
+      if saved_problem.get(k) != problem.get(k)}
   saved, wanted = meta['state_shapes'], state_shapes(target)
   arrays = sorted(k for k in saved.keys() | wanted.keys()
                   if saved.get(k) != wanted.get(k))
-  if not arrays:
+  if arrays:  # Any config field may explain the shapes: list all changes.
+    old = flatten_dict(_as_json(meta['config']))
+    new = flatten_dict(_as_json(config.to_dict()))
+    differences = {k: (old.get(k), new.get(k))
+                   for k in sorted(old.keys() | new.keys())
+                   if old.get(k) != new.get(k)} | differences
+  if not differences and not arrays:
     return
-  old, new = flatten_dict(meta['config']), flatten_dict(config.to_dict())
-  fields = ', '.join(f'{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} '
-                     'now' for k in sorted(old.keys() | new.keys())
-                     if old.get(k) != new.get(k))
+  fields = ', '.join(f'{k}: {old!r} in the checkpoint, {new!r} now'
+                     for k, (old, new) in differences.items())
   shapes = ', '.join(f'{k} {saved.get(k)} vs {wanted.get(k)}' for k in arrays)
   raise errors.UserError(
-      f'the checkpoints in this workdir were made with another config '
-      f'({fields}), so their arrays do not fit ({shapes}); resume with the '
-      'same config, or pass a new --workdir.')
+      f'the checkpoints in this workdir were made for another problem '
+      f'({fields})' + (f', so their arrays do not fit ({shapes})' if arrays
+                       else '') +
+      '; resume with the same config and data, or pass a new --workdir.')

@@ -54,8 +54,9 @@ def load_distilled(workdir: str, which: str = 'latest'
   """Restores the newest restorable checkpoint of `workdir`, read-only, with
   the config it was trained with.
 
-  `which` is 'latest' or 'best' (by validation accuracy); a run without a
-  best checkpoint falls back to the latest. Returns the checkpoint used too.
+  `which` is 'latest' or 'best' (by validation accuracy); without a best
+  checkpoint that restores, the newest latest one that does is used.
+  Returns the checkpoint used too.
   """
   if which not in CHECKPOINTS:
     raise errors.UserError(f'--checkpoint={which} is unknown; use one of '
@@ -64,11 +65,6 @@ def load_distilled(workdir: str, which: str = 'latest'
     raise errors.UserError(
         f'--workdir={workdir} has no checkpoints/ directory; train into it '
         'first with train.py --workdir.')
-  if not os.path.isdir(checkpointing.checkpoint_dir(workdir,
-                                                    CHECKPOINTS[which])):
-    logging.warning('No %s checkpoint in %s; using the latest.', which,
-                    workdir)
-    which = 'latest'
   distillers = []
 
   def target(meta):
@@ -76,13 +72,16 @@ def load_distilled(workdir: str, which: str = 'latest'
         meta['config'])))
     return distillers[-1].state_template()
 
-  with checkpointing.Checkpoints(workdir, CHECKPOINTS[which],
-                                 read_only=True) as checkpoints:
-    restored = checkpoints.restore_newest(target)
-  if restored is None:
-    raise errors.UserError(f'{checkpoints.directory} holds no finished '
-                           'checkpoint; train into this workdir first.')
-  return distillers[-1], restored[0], which
+  for name in dict.fromkeys((which, 'latest')):
+    if os.path.isdir(checkpointing.checkpoint_dir(workdir, CHECKPOINTS[name])):
+      with checkpointing.Checkpoints(workdir, CHECKPOINTS[name],
+                                     read_only=True) as checkpoints:
+        if (restored := checkpoints.restore_newest(target)):
+          return distillers[-1], restored[0], name
+    logging.warning('No %s checkpoint in %s can be restored.', name, workdir)
+  raise errors.UserError(
+      f'no checkpoint in --workdir={workdir} can be restored (the log says '
+      'why); train into this workdir first.')
 
 
 def evaluate(workdir: str, export: str | None = None, which: str = 'best',
@@ -97,6 +96,8 @@ def evaluate(workdir: str, export: str | None = None, which: str = 'best',
   if export and not os.path.isdir(os.path.dirname(os.path.abspath(export))):
     raise errors.UserError(f'--export={export}: its directory does not exist;'
                            ' create it or pick another path.')
+  if export and not export.endswith('.npz'):
+    export += '.npz'  # What np.savez would write; logged as written.
   distiller, state, which = load_distilled(workdir, which)
   config = distiller.config
   if eval_config is not None:
@@ -128,9 +129,12 @@ def evaluate(workdir: str, export: str | None = None, which: str = 'best',
     logging.info('Networks trained from scratch on each set:\n%s',
                  format_net_table(net_table, result['net_differences']))
   if jax.process_index() == 0:
-    _write_json(result, os.path.join(workdir, RESULT_NAME))
-    if export:
-      _export(export, distiller, l2reg, images, targets, mean, std, recipes)
+    with errors.disk_full_is_user_error(
+        f'the disk of --workdir={workdir} (or of --export) is full; free '
+        'some space and run again.'):
+      _write_json(result, os.path.join(workdir, RESULT_NAME))
+      if export:
+        _export(export, distiller, l2reg, images, targets, mean, std, recipes)
   return result
 
 
@@ -378,8 +382,6 @@ def _export(path: str, distiller: outer.Distiller, l2reg, images, targets,
   """The set as a .npz (images (k, h, w, c) in the [0, 1] scale, soft and
   hard labels, the networks' normalization) and, beside it, a .json with
   the normalization and the recipes: what another framework needs."""
-  if not path.endswith('.npz'):
-    path += '.npz'  # np.savez adds it anyway.
   soft = np.asarray(targets)
   np.savez(path,
            images=np.asarray(images).reshape(
@@ -397,8 +399,8 @@ def _export(path: str, distiller: outer.Distiller, l2reg, images, targets,
       'hard_labels': 'argmax of soft_labels',
       'recipes': {name: r.as_dict() for name, r in recipes.items()},
   }, side)
-  logging.info('Exported %d distilled images to %s (recipes and '
-               'normalization in %s).', len(images), path, side)
+  logging.info('Exported %d distilled images to %s.', len(images), path)
+  logging.info('Recipes and normalization for networks in %s.', side)
 
 
 def format_table(table: list[dict[str, Any]]) -> str:

@@ -10,6 +10,7 @@ when their source is used, so the algorithmic core needs neither.
 import dataclasses
 import gzip
 import os
+import zlib
 
 import ml_collections
 import numpy as np
@@ -21,17 +22,23 @@ from distillation import errors
 class DatasetInfo:
   num_classes: int
   image_shape: tuple[int, int, int]  # (height, width, channels)
+  class_names: tuple[str, ...]
 
   @property
   def num_pixels(self) -> int:
     return int(np.prod(self.image_shape))
 
 
+_DIGIT_NAMES = tuple(str(d) for d in range(10))
 DATASETS = {
-    'mnist': DatasetInfo(10, (28, 28, 1)),
-    'fashion_mnist': DatasetInfo(10, (28, 28, 1)),
-    'cifar10': DatasetInfo(10, (32, 32, 3)),
-    'digits': DatasetInfo(10, (8, 8, 1)),
+    'mnist': DatasetInfo(10, (28, 28, 1), _DIGIT_NAMES),
+    'fashion_mnist': DatasetInfo(10, (28, 28, 1), (
+        'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
+        'Shirt', 'Sneaker', 'Bag', 'Ankle boot')),
+    'cifar10': DatasetInfo(10, (32, 32, 3), (
+        'airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
+        'horse', 'ship', 'truck')),
+    'digits': DatasetInfo(10, (8, 8, 1), _DIGIT_NAMES),
 }
 IDX_DATASETS = ('mnist', 'fashion_mnist')
 SPLITS = ('train', 'test')
@@ -137,10 +144,10 @@ def read_idx(path: str) -> np.ndarray:
   try:
     with gzip.open(path, 'rb') as f:
       data = f.read()
-  except OSError as e:
-    raise errors.UserError(f'cannot read idx file {path}: {e}; '
-                           'config.data.idx_dir must hold gzipped idx files.'
-                          ) from e
+  except (OSError, EOFError, zlib.error) as e:  # EOFError: a cut-off .gz.
+    raise errors.UserError(
+        f'cannot read idx file {path} ({type(e).__name__}: {e}); '
+        'config.data.idx_dir must hold complete gzipped idx files.') from e
   if len(data) < 4 or data[:2] != b'\0\0' or data[2] != 0x08:
     raise errors.UserError(f'{path} is not an idx file of unsigned bytes '
                            '(bad magic number).')

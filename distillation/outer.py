@@ -72,15 +72,20 @@ class Distiller:
     if ipc < 1:
       raise errors.UserError(
           f'config.distill.images_per_class={ipc} must be at least 1.')
-    if not config.inner.l2reg > 0:
+    if not 0 < config.inner.l2reg < np.inf:
       raise errors.UserError(
-          f'config.inner.l2reg={config.inner.l2reg} must be positive: it '
-          'makes the inner problem strongly convex, so its solution and the '
-          'implicit gradient exist.')
+          f'config.inner.l2reg={config.inner.l2reg} must be positive and '
+          'finite: it makes the inner problem strongly convex, so its '
+          'solution and the implicit gradient exist.')
     if config.distill.image_init not in IMAGE_INITS:
       raise errors.UserError(
           f'config.distill.image_init={config.distill.image_init!r} is '
           f'unknown; use one of {", ".join(IMAGE_INITS)}.')
+    if config.distill.learn_l2reg and not (
+        0 < config.distill.l2reg_min <= config.inner.l2reg):
+      raise errors.UserError(
+          f'config.distill.l2reg_min={config.distill.l2reg_min} must be '
+          f'positive and at most config.inner.l2reg={config.inner.l2reg}.')
     if config.distill.learn_labels and not config.distill.label_temperature > 0:
       raise errors.UserError(
           f'config.distill.label_temperature='
@@ -242,6 +247,9 @@ class Distiller:
         'grad_norm': optax.tree.norm(grads),
         'inner_iterations': iterations,
         'inner_error': error,
+        # The implicit gradient assumes an optimal inner solution.
+        'inner_unconverged': error > self.config.inner.tol,
+        'l2reg': self.hyperparams(params)[0],
     }
     return grads, metrics, inner_params
 
@@ -255,9 +263,19 @@ class Distiller:
     updates, opt_state = self.optimizer.update(grads, state.opt_state,
                                                state.params)
     new_state = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, updates),
+        step=state.step + 1,
+        params=self._project(optax.apply_updates(state.params, updates)),
         opt_state=opt_state, inner_params=inner_params)
     return new_state, metrics
+
+  def _project(self, params: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Keeps a learned l2reg at or above config.distill.l2reg_min: below
+    it, float32 cannot resolve the inner problem, whose solution then grows
+    without bound."""
+    if 'log_l2reg' not in params:
+      return params
+    floor = jnp.log(jnp.float32(self.config.distill.l2reg_min))
+    return {**params, 'log_l2reg': jnp.maximum(params['log_l2reg'], floor)}
 
   def train_steps(self, state: OuterState, shard: Batch, *,
                   num_steps: int) -> tuple[OuterState, Metrics]:
@@ -286,9 +304,9 @@ def make_optimizer(opt_config: ml_collections.ConfigDict,
                    num_steps: int) -> optax.GradientTransformation:
   """The Optax optimizer of the outer parameters, with its schedule."""
   lr = opt_config.learning_rate
-  if not lr > 0:
+  if not 0 < lr < np.inf:
     raise errors.UserError(
-        f'config.optimizer.learning_rate={lr} must be positive.')
+        f'config.optimizer.learning_rate={lr} must be positive and finite.')
   if opt_config.schedule == 'constant':
     schedule = lr
   elif opt_config.schedule == 'cosine':

@@ -1,17 +1,25 @@
-"""A grid picture of the distilled images: one column per class."""
+"""A grid picture of the distilled images: one column per class, named."""
+
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
+from PIL import ImageDraw
+from PIL import ImageFont
+
+_LABEL_HEIGHT = 12  # Pixels of the strip of class names above the grid.
 
 
-def image_grid(images: np.ndarray, num_classes: int, *, scale: int = 1,
-               border: int = 1) -> np.ndarray:
+def image_grid(images: np.ndarray, class_names: Sequence[str], *,
+               scale: int = 1, border: int = 1) -> np.ndarray:
   """Tiles class-major `images` (k, H, W, C) into one (H', W', C) array.
 
-  Column c holds the images of class c. Each image is divided by its largest
-  absolute value; grayscale maps to gray_r as in the seed's figure (positive
-  pixels dark), colour maps [-1, 1] to [0, 1]. Borders are white.
+  Column c holds the images of class c, under its name (cut to the column's
+  width). Each image is divided by its largest absolute value; grayscale
+  maps to gray_r as in the seed's figure (positive pixels dark), colour maps
+  [-1, 1] to [0, 1]. Borders are white.
   """
+  num_classes = len(class_names)
   k, h, w, c = images.shape
   rows = k // num_classes
   peak = np.abs(images).reshape(k, -1).max(axis=1).reshape(k, 1, 1, 1)
@@ -25,7 +33,23 @@ def image_grid(images: np.ndarray, num_classes: int, *, scale: int = 1,
     row, col = i % rows, i // rows
     top, left = border + row * (h + border), border + col * (w + border)
     grid[top:top + h, left:left + w] = pixels[i]
-  return grid
+  return np.concatenate([_names(class_names, w, border, c), grid])
+
+
+def _names(class_names, width, border, channels):
+  """A white strip with each class name centred above its column."""
+  strip = Image.new('L', (len(class_names) * (width + border) + border,
+                          _LABEL_HEIGHT), 255)
+  draw = ImageDraw.Draw(strip)
+  font = ImageFont.load_default()
+  for col, name in enumerate(class_names):
+    while name and draw.textlength(name, font=font) > width:
+      name = name[:-1]
+    left = border + col * (width + border)
+    draw.text((left + (width - draw.textlength(name, font=font)) / 2, 0),
+              name, fill=0, font=font)
+  pixels = np.asarray(strip, np.float32)[..., None] / 255
+  return np.repeat(pixels, channels, axis=-1)
 
 
 def save_png(grid: np.ndarray, path: str) -> None:

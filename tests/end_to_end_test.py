@@ -67,6 +67,15 @@ class EndToEndTest(parameterized.TestCase):
     self.assertStartsWith(last, f'ERROR: {field}=')
     self.assertFalse(os.path.exists(workdir))
 
+  def test_misspelt_config_field_is_one_line(self):
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    code, last, _ = run('train.py', '--config=configs/test.py',
+                        f'--workdir={workdir}', '--config.inner.l2rge=1')
+    self.assertNotEqual(code, 0)
+    self.assertEqual(last, 'ERROR: --config.inner.l2rge is not a config '
+                     'field; did you mean --config.inner.l2reg?')
+    self.assertFalse(os.path.exists(workdir))
+
   def test_workdir_that_is_a_file(self):
     path = self.create_tempfile(content='precious').full_path
     code, last, _ = run('train.py', '--config=configs/test.py',

@@ -116,6 +116,14 @@ class EvalLibTest(parameterized.TestCase):
       eval_lib.net_recipes(config)
     self.assertNotIn('\n', str(raised.exception))
 
+  def test_export_without_npz_suffix_logs_the_path_written(self):
+    export = os.path.join(self.create_tempdir().full_path, 'set')
+    with self.assertLogs(level='INFO') as logs:
+      eval_lib.evaluate(self.workdir, export=export, baselines=False)
+    self.assertTrue(os.path.isfile(export + '.npz'))
+    self.assertTrue(any(f'to {export}.npz.' in line for line in logs.output),
+                    logs.output)
+
   def test_class_means_of_one_image_per_class_are_the_means(self):
     split = input_pipeline.Split(
         np.array([[0., 2.], [2., 4.], [5., 5.], [7., 7.]], np.float32),

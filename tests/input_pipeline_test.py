@@ -28,20 +28,26 @@ def _write_idx(path, array):
     f.write(header + array.astype(np.uint8).tobytes())
 
 
+def write_idx_dataset(directory, n_train=12, n_test=5, size=28, seed=0):
+  """Writes random idx files of each split; returns their arrays."""
+  os.makedirs(directory, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  arrays = {}
+  for split, n in (('train', n_train), ('test', n_test)):
+    images = rng.integers(0, 256, (n, size, size))
+    labels = np.arange(n) % 10
+    image_file, label_file = input_pipeline._IDX_FILES[split]
+    _write_idx(os.path.join(directory, image_file), images)
+    _write_idx(os.path.join(directory, label_file), labels)
+    arrays[split] = (images, labels)
+  return arrays
+
+
 class IdxTest(parameterized.TestCase):
 
-  def _write_dataset(self, n_train=12, n_test=5, size=28):
+  def _write_dataset(self, **kwargs):
     directory = self.create_tempdir().full_path
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (('train', n_train), ('test', n_test)):
-      images = rng.integers(0, 256, (n, size, size))
-      labels = np.arange(n) % 10
-      image_file, label_file = input_pipeline._IDX_FILES[split]
-      _write_idx(os.path.join(directory, image_file), images)
-      _write_idx(os.path.join(directory, label_file), labels)
-      arrays[split] = (images, labels)
-    return directory, arrays
+    return directory, write_idx_dataset(directory, **kwargs)
 
   @parameterized.parameters('train', 'test')
   def test_reads_what_was_written(self, split):
@@ -83,6 +89,11 @@ class IdxTest(parameterized.TestCase):
     with open(path, 'wb') as f:
       f.write(b'not gzip at all')
     with self.assertRaisesRegex(errors.UserError, 'cannot read idx file'):
+      input_pipeline.load_split(config, 'train')
+    with open(path, 'wb') as f:  # A download cut short.
+      f.write(gzip.compress(data)[:-100])
+    with self.assertRaisesRegex(errors.UserError,
+                                'cannot read idx file .*EOFError'):
       input_pipeline.load_split(config, 'train')
 
   def test_wrong_image_size(self):

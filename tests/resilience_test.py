@@ -5,9 +5,11 @@ final distilled images with those of an uninterrupted run.
 """
 
 import glob
+import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +22,7 @@ import numpy as np
 
 from configs import test as test_config
 from distillation import checkpointing
+from distillation import errors
 from distillation import eval_lib
 from distillation import train_lib
 from tests import end_to_end_test
@@ -267,22 +270,43 @@ def wait_all(procs: dict[str, tuple[subprocess.Popen, str]],
   return '\n'.join([cause, *reports])
 
 
+def _truncate(step_dir):
+  for path in glob.glob(os.path.join(step_dir, 'state', '**', 'd', '*'),
+                        recursive=True):
+    with open(path, 'r+b') as f:
+      f.truncate(os.path.getsize(path) // 2)
+
+
+def _meta(step_dir):
+  """A checkpoint step's `meta` item (Orbax writes JSON items as is)."""
+  with open(os.path.join(step_dir, 'meta', 'metadata')) as f:
+    return json.load(f)
+
+
 class CorruptCheckpointTest(absltest.TestCase):
 
-  def _train(self, workdir, num_steps=6):
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.trained = os.path.join(
+        tempfile.mkdtemp(dir=absltest.TEST_TMPDIR.value), 'trained')
+    cls.reference = cls._train(cls.trained)
+
+  @staticmethod
+  def _train(workdir, num_steps=6):
     config = test_config.get_config()
     config.num_steps = num_steps
     return train_lib.train_and_evaluate(config, workdir)
 
+  def _copy_of_trained(self):
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    shutil.copytree(self.trained, workdir)
+    return workdir
+
   def test_falls_back_to_newest_good_checkpoint_and_keeps_the_bad_one(self):
-    reference = self._train(self.create_tempdir().full_path)
-    workdir = self.create_tempdir().full_path
-    self._train(workdir)
+    workdir = self._copy_of_trained()
     bad = os.path.join(checkpointing.checkpoint_dir(workdir), '6')
-    for path in glob.glob(os.path.join(bad, 'state', '**', 'd', '*'),
-                          recursive=True):
-      with open(path, 'r+b') as f:
-        f.truncate(os.path.getsize(path) // 2)
+    _truncate(bad)
     # A save cut short leaves a temporary directory: never a checkpoint.
     os.makedirs(os.path.join(checkpointing.checkpoint_dir(workdir),
                              '8.orbax-checkpoint-tmp-1234', 'state'))
@@ -299,12 +323,51 @@ class CorruptCheckpointTest(absltest.TestCase):
                         for line in logs.output), logs.output)
     self.assertEqual(int(state.step), 6)
     np.testing.assert_array_equal(state.params['images'],
-                                  reference.params['images'])
-    self.assertTrue(os.path.isdir(os.path.join(workdir, 'corrupt_checkpoints',
-                                               'checkpoints',
-                                               '6', 'state')))
+                                  self.reference.params['images'])
+    self.assertTrue(os.path.isdir(os.path.join(
+        checkpointing.set_aside_dir(workdir), '6', 'state')))
     self.assertEqual(sorted(os.listdir(checkpointing.checkpoint_dir(
         workdir))), ['2', '4', '6'])
+
+  def test_a_broken_best_checkpoint_is_skipped(self):
+    workdir = self._copy_of_trained()
+    best_dir = checkpointing.checkpoint_dir(workdir, checkpointing.BEST)
+    (best_step,) = os.listdir(best_dir)
+    best_accuracy = _meta(os.path.join(best_dir, best_step))[
+        'validation_accuracy']
+    _truncate(os.path.join(best_dir, best_step))
+
+    _, state, which = eval_lib.load_distilled(workdir, 'best')
+    self.assertEqual((int(state.step), which), (6, 'latest'))
+
+    with self.assertLogs(level='WARNING') as logs:
+      state = self._train(workdir, num_steps=8)
+    self.assertEqual(int(state.step), 8)
+    self.assertTrue(any('No best checkpoint can be restored' in line
+                        for line in logs.output), logs.output)
+    self.assertTrue(os.path.isdir(os.path.join(checkpointing.set_aside_dir(
+        workdir, checkpointing.BEST), best_step)))
+    # The best accuracy so far survives it: only a better state is the best.
+    latest = os.path.join(checkpointing.checkpoint_dir(workdir), '8')
+    self.assertGreaterEqual(_meta(latest)['best_validation_accuracy'],
+                            best_accuracy)
+    for step in os.listdir(best_dir):
+      self.assertGreater(_meta(os.path.join(best_dir, step))[
+          'validation_accuracy'], best_accuracy)
+
+  def test_no_silent_restart_when_every_checkpoint_is_broken(self):
+    workdir = self._copy_of_trained()
+    for step in ('2', '4', '6'):
+      _truncate(os.path.join(checkpointing.checkpoint_dir(workdir), step))
+    with self.assertRaisesRegex(errors.UserError, 'no checkpoint in'):
+      eval_lib.load_distilled(workdir, 'latest')
+    aside = checkpointing.set_aside_dir(workdir)
+    for _ in range(2):  # The second run finds nothing left to move.
+      with self.assertRaisesRegex(
+          errors.UserError, f'To start again from step 0 in --workdir='
+          f'{workdir}, delete or move {aside}.'):
+        self._train(workdir)
+    self.assertEqual(sorted(os.listdir(aside)), ['2', '4', '6'])
 
 
 if __name__ == '__main__':

@@ -1,0 +1,130 @@
+"""Tests of the checkpoints: digests, fallbacks, and the resume check."""
+
+import glob
+import os
+from typing import NamedTuple
+
+from absl.testing import absltest
+import ml_collections
+import numpy as np
+
+from distillation import checkpointing
+from distillation import errors
+from distillation import input_pipeline
+
+
+class State(NamedTuple):
+  step: np.ndarray
+  x: np.ndarray
+
+
+def _state(step):
+  return State(np.int32(step), np.random.default_rng(step).normal(
+      size=1000).astype(np.float32))
+
+
+def _flip_a_byte(step_dir):
+  """XORs the middle byte of the largest data file: the values change, and
+  nothing else tells (the format has no checksum of its own)."""
+  largest = max(glob.glob(os.path.join(step_dir, 'state', '**', 'd', '*'),
+                          recursive=True), key=os.path.getsize)
+  with open(largest, 'r+b') as f:
+    f.seek(os.path.getsize(largest) // 2)
+    byte = f.read(1)[0]
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte ^ 0xFF]))
+
+
+class CheckpointsTest(absltest.TestCase):
+
+  def test_a_flipped_bit_is_detected_and_the_step_before_is_used(self):
+    workdir = self.create_tempdir().full_path
+    with checkpointing.Checkpoints(workdir) as checkpoints:
+      for step in (1, 2):
+        checkpoints.save(_state(step), {})
+    bad = os.path.join(checkpointing.checkpoint_dir(workdir), '2')
+    _flip_a_byte(bad)
+    target = lambda meta: _state(0)
+    with checkpointing.Checkpoints(workdir, read_only=True) as checkpoints:
+      with self.assertLogs(level='ERROR') as logs:
+        state, _ = checkpoints.restore_newest(target)
+    self.assertIn(f'Checkpoint {bad} cannot be restored (ChecksumError',
+                  '\n'.join(logs.output))
+    self.assertEqual(int(state.step), 1)
+    np.testing.assert_array_equal(state.x, _state(1).x)
+    self.assertTrue(os.path.isdir(bad))  # Read-only: moves nothing.
+
+    with checkpointing.Checkpoints(workdir) as checkpoints:
+      with self.assertLogs(level='ERROR'):
+        state, _ = checkpoints.restore_newest(target)
+      self.assertEqual(checkpoints.all_steps(), [1])
+    self.assertEqual(int(state.step), 1)
+    self.assertTrue(os.path.isdir(os.path.join(
+        checkpointing.set_aside_dir(workdir), '2', 'state')))
+
+  def test_none_when_no_step_restores(self):
+    workdir = self.create_tempdir().full_path
+    with checkpointing.Checkpoints(workdir) as checkpoints:
+      self.assertIsNone(checkpoints.restore_newest(lambda meta: _state(0)))
+      checkpoints.save(_state(1), {})
+    _flip_a_byte(os.path.join(checkpointing.checkpoint_dir(workdir), '1'))
+    with checkpointing.Checkpoints(workdir) as checkpoints:
+      with self.assertLogs(level='ERROR'):
+        self.assertIsNone(checkpoints.restore_newest(lambda meta: _state(0)))
+      self.assertEqual(checkpoints.all_steps(), [])
+
+
+class CheckCompatibleTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.config = ml_collections.ConfigDict(dict(
+        data=dict(dataset='fashion_mnist', validation_size=2, split_seed=0),
+        distill=dict(images_per_class=1), eval=dict(l2reg_grid=(0.1, 0.01))))
+    self.info = input_pipeline.DATASETS['fashion_mnist']
+    self.data = [input_pipeline.Split(np.zeros((4, 784), np.float32),
+                                      np.arange(4))]
+    self.state = _state(0)
+    # As read back from a checkpoint: JSON, so tuples are lists.
+    self.meta = checkpointing._as_json(checkpointing.make_meta(
+        self.config, self.state, checkpointing.describe_problem(
+            self.config, self.info, self.data)))
+
+  def _check(self, config, data):
+    checkpointing.check_compatible(
+        self.meta, config, self.state,
+        checkpointing.describe_problem(config, self.info, data))
+
+  def test_same_problem_passes(self):
+    self._check(self.config, self.data)  # eval.l2reg_grid: tuple vs list.
+
+  def test_another_dataset_with_the_same_shapes(self):
+    config = self.config.copy_and_resolve_references()
+    config.data.dataset = 'mnist'
+    with self.assertRaisesRegex(
+        errors.UserError, "made for another problem \\(data.dataset: "
+        "'fashion_mnist' in the checkpoint, 'mnist' now\\); resume"):
+      self._check(config, self.data)
+
+  def test_other_data_under_the_same_name(self):
+    data = [input_pipeline.Split(np.ones((4, 784), np.float32),
+                                 np.arange(4))]
+    with self.assertRaisesRegex(errors.UserError,
+                                r'\(data_sha256: \'[0-9a-f]{16}\' in the '
+                                r'checkpoint, \'[0-9a-f]{16}\' now\)'):
+      self._check(self.config, data)
+
+  def test_other_shapes_name_the_arrays_and_fields(self):
+    config = self.config.copy_and_resolve_references()
+    config.distill.images_per_class = 2
+    with self.assertRaisesRegex(
+        errors.UserError, r'^the checkpoints in this workdir were made for '
+        r'another problem \(distill.images_per_class: 1 in the checkpoint, '
+        r'2 now\), so their arrays do not fit \(x \[1000\] vs \[10\]\)'):
+      checkpointing.check_compatible(
+          self.meta, config, State(np.int32(0), np.zeros(10)),
+          checkpointing.describe_problem(config, self.info, self.data))
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,74 @@
+"""Tests of the command line's one-line errors."""
+
+import os
+
+from absl import flags
+from absl.testing import absltest
+from absl.testing import parameterized
+from ml_collections import config_flags
+
+from distillation import cli
+from tests import end_to_end_test
+
+TEST_CONFIG = os.path.join(end_to_end_test.ROOT, 'configs', 'test.py')
+
+
+def _parse(*args):
+  """Parses args as train.py's flags would be; returns them or the exit."""
+  argv = ['train.py', *args]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'Config file.',
+                                  flag_values=flag_values, sys_argv=argv)
+  flags.DEFINE_string('workdir', None, 'Workdir.', flag_values=flag_values)
+  flags.mark_flags_as_required(['config', 'workdir'], flag_values)
+  try:
+    cli.parse_flags(argv, flag_values)
+  except SystemExit as e:
+    return str(e.code)
+  return flag_values
+
+
+class ParseFlagsTest(parameterized.TestCase):
+
+  def test_good_flags(self):
+    flag_values = _parse(f'--config={TEST_CONFIG}', '--workdir=w',
+                         '--config.inner.l2reg=0.5')
+    self.assertEqual(flag_values.config.inner.l2reg, 0.5)
+
+  @parameterized.named_parameters(
+      ('misspelt_field', ['--workdir=w', '--config.inner.l2rge=1'],
+       r'--config.inner.l2rge is not a config field; did you mean '
+       r'--config.inner.l2reg\?'),
+      ('unknown_group', ['--workdir=w', '--config.foo.bar=1'],
+       r'--config.foo.bar is not a config field; the fields are those of '
+       r'.*configs/test.py.'),
+      ('bad_value', ['--workdir=w', '--config.num_steps=abc'],
+       r'flag --config.num_steps=abc: invalid literal'),
+      ('misspelt_flag', ['--workdr=w'], r"Unknown command line flag 'workdr'"),
+      ('missing_flag', [], r'flag --workdir=None: Flag --workdir must have a '
+       'value other than None.'),
+  )
+  def test_one_line(self, args, message):
+    error = _parse(f'--config={TEST_CONFIG}', *args)
+    self.assertRegex(error, f'^ERROR: {message}')
+    self.assertLen(error.splitlines(), 1)
+
+  def test_config_file_that_cannot_be_loaded(self):
+    missing = os.path.join(self.create_tempdir().full_path, 'missing.py')
+    self.assertEqual(_parse(f'--config={missing}', '--workdir=w'),
+                     f'ERROR: --config={missing}: no such file; pass a '
+                     'config file such as configs/default.py.')
+    broken = self.create_tempfile('broken.py', content='x = (\n').full_path
+    for extra in ([], ['--config.num_steps=3']):
+      error = _parse(f'--config={broken}', '--workdir=w', *extra)
+      self.assertRegex(error, f'^ERROR: --config={broken} cannot be loaded '
+                       r'\(SyntaxError: .*, line 1\)\.$')
+    failing = self.create_tempfile('failing.py', content=(
+        'def get_config():\n  raise ValueError("no such setting")\n')).full_path
+    self.assertEqual(_parse(f'--config={failing}', '--workdir=w'),
+                     f'ERROR: --config={failing} cannot be loaded '
+                     '(ValueError: no such setting).')
+
+
+if __name__ == '__main__':
+  absltest.main()
