@@ -9,11 +9,12 @@ Each config runs `train.py` then `eval.py` (with baselines) in a fresh
 workdir, as a user would. Arguments after `--` go to train.py, so the
 `config.eval` fields there choose the evaluators. The table (Markdown, a
 row per config and evaluator), the raw results (JSON) and a plot of accuracy
-against images per class (PNG, if matplotlib is installed) land in
---workdir; --include adds the rows of earlier runs (e.g. another dataset's,
-which needed other arguments) to the table and the plot.
+against images per class (PNG, if matplotlib is installed) land in --out
+(default: --workdir); --include adds the rows of earlier runs (e.g. another
+dataset's, which needed other arguments) to the table and the plot.
 """
 
+from importlib import metadata
 import json
 import os
 import platform
@@ -28,8 +29,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where runs and the table go.')
 flags.DEFINE_list('configs', [], 'Config names under configs/.')
-flags.DEFINE_list('include', [], 'Workdirs of earlier runs of this script '
-                  'whose rows join the table and the plot.')
+flags.DEFINE_list('include', [], 'Output directories of earlier runs of '
+                  'this script whose rows join the table and the plot.')
+flags.DEFINE_string('out', None, 'Where accuracy.md, .json and .png go '
+                    '(default: --workdir), e.g. benchmarks.')
 flags.mark_flags_as_required(['workdir'])
 
 # Table columns: (header, method, labels) of the network rows.
@@ -70,9 +73,18 @@ def _cell(row: dict | None) -> str:
       f' ± {100 * std:.1f}' if std else '')
 
 
+def _commit() -> str:
+  def git(*args):
+    return subprocess.run(['git', *args], cwd=ROOT, capture_output=True,
+                          text=True, check=False).stdout.strip()
+  return (git('rev-parse', '--short', 'HEAD') or 'unknown') + (
+      '+changes' if git('status', '--porcelain', '-uno') else '')
+
+
 def table(rows: list[dict]) -> str:
   machine = (f'{platform.processor() or platform.machine()}, '
-             f'{os.cpu_count()} CPUs')
+             f'{os.cpu_count()} CPUs; jax {metadata.version("jax")}; commit '
+             f'{_commit()}')
   lines = [f'Machine: {machine}. Test accuracy (%; mean ± std over random '
            'draws or network seeds) of each evaluator trained on each set; '
            'linear: the inner model (distilled with its learned labels). '
@@ -126,7 +138,7 @@ def plot(rows: list[dict], path: str) -> bool:
   for (dataset, evaluator), points in panels.items():
     ax = axes[datasets.index(dataset)][evaluators.index(evaluator)]
     points.sort(key=lambda p: p[0])
-    for header, method, labels in _COLUMNS:
+    for color, (header, method, labels) in enumerate(_COLUMNS):
       series = [(ipc, cells[(method, labels)]) for ipc, cells in points
                 if (method, labels) in cells]
       if not series:
@@ -138,13 +150,16 @@ def plot(rows: list[dict], path: str) -> bool:
         ax.axhline(y[-1], color='black', linestyle='--', label=header)
       else:
         ax.errorbar(x, y, yerr=err, marker='o', capsize=3, label=header,
+                    color=f'C{color}',
                     linestyle='-' if method == 'distilled' else ':')
     ax.set_xscale('log')
+    ax.set_xticks([ipc for ipc, _ in points], [str(ipc) for ipc, _ in points])
+    ax.minorticks_off()
+    ax.legend(fontsize=7)
     ax.set_title(f'{dataset}, {evaluator}')
     ax.set_xlabel('images per class')
     ax.set_ylabel('test accuracy (%)')
     ax.grid(alpha=0.3)
-  axes[0][-1].legend(fontsize=7, loc='lower right')
   figure.tight_layout()
   figure.savefig(path, dpi=110)
   return True
@@ -168,13 +183,14 @@ def main(argv):
     rows.append({'config': name, 'train_seconds': train_s,
                  'eval_seconds': eval_s, 'command_args': extra, **result})
     print(json.dumps(rows[-1]), flush=True)
-  os.makedirs(FLAGS.workdir, exist_ok=True)
+  out = FLAGS.out or FLAGS.workdir
+  os.makedirs(out, exist_ok=True)
   text = table(rows)
-  with open(os.path.join(FLAGS.workdir, 'accuracy.md'), 'w') as f:
+  with open(os.path.join(out, 'accuracy.md'), 'w') as f:
     f.write(text)
-  with open(os.path.join(FLAGS.workdir, 'accuracy.json'), 'w') as f:
+  with open(os.path.join(out, 'accuracy.json'), 'w') as f:
     json.dump(rows, f, indent=2)
-  png = os.path.join(FLAGS.workdir, 'accuracy.png')
+  png = os.path.join(out, 'accuracy.png')
   print(text)
   print(f'Plot: {png}' if plot(rows, png) else
         'No plot: matplotlib is not installed (pip install -r '

@@ -8,15 +8,16 @@ from a fresh shuffle each epoch (the last one short), per-channel
 normalization, DSA augmentation of each minibatch, and cross-entropy on the
 given (soft or one-hot) targets.
 
-All `seeds` networks of a set train together: vmapped, with the steps in a
-loop inside one compiled program, the networks spread over the local
-devices (`parallel.pmap`). Each network's result depends only on its seed
-and data, not on how many devices there are.
+All `seeds` networks of a set train together in one compiled program, the
+networks spread over the local devices (`parallel.pmap`): on accelerators
+vmapped, with a loop over many steps per call; on CPU as straight-line code,
+one step per call (see `_train_nets`). Each network's result depends only on
+its seed and data, not on how many devices there are.
 """
 
+from collections.abc import Callable, Sequence
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
