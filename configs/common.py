@@ -38,3 +38,49 @@ def learned_setting(config: ml_collections.ConfigDict,
   config.eval_every_steps = 50
   config.checkpoint_every_steps = 100
   return config
+
+
+def conv_setting(config: ml_collections.ConfigDict, images_per_class: int,
+                 *, cpu: bool = False) -> ml_collections.ConfigDict:
+  """A linear head on random ConvNet features (RFAD; docs/features.md).
+
+  Each step draws fresh random ConvNets (Flax's initialization, instance
+  norm) and fits the head on their features of the distilled images by
+  Newton (exact, on the Gram matrix), or by L-BFGS where the Gram system is
+  large; every start is cold, as the features are new. The outer loss is
+  the cross-entropy on a real minibatch with a learned temperature.
+  `cpu`: narrower, fewer networks and steps, and the networks evaluator's
+  cpu preset, for 2 CPU cores.
+  """
+  config.data.normalize = True
+  config.data.outer_batch_size = 256 if cpu else 1024
+  config.model.features = 'conv'
+  config.model.width = 64 if cpu else 128
+  config.model.depth = 3
+  config.model.norm = 'instance'
+  config.model.nets_per_step = 2 if cpu else 4
+  config.distill.images_per_class = images_per_class
+  config.distill.image_init = 'real'
+  config.distill.learn_labels = True
+  config.distill.learn_l2reg = True
+  config.distill.learn_temperature = True
+  config.inner.warm_start = False
+  config.inner.l2reg = 1e-2
+  if images_per_class <= 10:
+    config.inner.solver = 'newton'
+    config.inner.implicit_solve = 'direct'
+    config.inner.tol = 1e-5
+  else:
+    config.inner.solver = 'lbfgs'
+    config.inner.implicit_solve = 'cg'
+    config.inner.tol = 1e-4
+  config.optimizer.name = 'adam'
+  config.optimizer.learning_rate = 0.01
+  config.optimizer.schedule = 'cosine'
+  config.num_steps = 300 if cpu else 4000
+  config.log_every_steps = 10
+  config.eval_every_steps = 50 if cpu else 250
+  config.checkpoint_every_steps = 50 if cpu else 250
+  config.eval.nets = ('linear', 'convnet')
+  config.eval.net_preset = 'cpu' if cpu else 'paper'
+  return config

@@ -19,6 +19,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.tfds_data_dir = config_dict.placeholder(str)  # Passed to TFDS.
   config.data.validation_size = 200  # Carved from the training split.
   config.data.split_seed = 0  # Fixes which training examples validate.
+  # Preprocessing fit on the training split (eval.py applies the same):
+  # per-channel normalization (minus mean, over std), then ZCA whitening
+  # regularized by zca_reg times the mean eigenvalue. Off: pixels in [0, 1].
+  config.data.normalize = False
+  config.data.zca = False
+  config.data.zca_reg = 0.1
   # Training examples per outer step (all devices together); unset: all.
   config.data.outer_batch_size = config_dict.placeholder(int)
 
@@ -35,6 +41,22 @@ def get_config() -> ml_collections.ConfigDict:
   # A learned l2reg stays at or above this: below, float32 cannot resolve
   # the inner solution.
   config.distill.l2reg_min = 1e-6
+  # Learn a temperature of the outer loss (Platt scaling: its logits times
+  # exp(log_temperature), starting at 1); the inner fit does not see it.
+  config.distill.learn_temperature = False
+
+  # The inner model: a linear head on features of the images
+  # (docs/features.md). pixels: the images themselves (the seed's model) |
+  # conv: a random ConvNet without its dense layer (depth blocks of width
+  # channels, norm instance | none) | mlp: depth random ReLU layers of width.
+  # Each outer step draws nets_per_step random networks and averages the
+  # outer loss over them; they need config.inner.warm_start=False.
+  config.model = ml_collections.ConfigDict()
+  config.model.features = 'pixels'
+  config.model.width = 64
+  config.model.depth = 3
+  config.model.norm = 'instance'
+  config.model.nets_per_step = 2
 
   config.inner = ml_collections.ConfigDict()
   # gradient_descent | lbfgs | newton (linear model only; with direct below).

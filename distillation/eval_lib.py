@@ -104,15 +104,25 @@ def evaluate(workdir: str, export: str | None = None, which: str = 'best',
     config.eval = ml_collections.ConfigDict(eval_config.to_dict())
   nets = evaluators(config)
   recipes = net_recipes(config)
-  test = input_pipeline.load_split(config.data, 'test')
-  train, validation = input_pipeline.load_train_and_validation(config.data)
+  train, validation, test = input_pipeline.load_train_validation_test(
+      config.data)
   l2reg, images, targets = distiller.hyperparams(state.params)
-  weights = _kernel(jax.jit(distiller.fit_inner)(state.params).params)
-  accuracy, loss = _test(weights, test)
+  # With random features, the linear rows are heads on the features of one
+  # fixed network, the first that validation uses.
+  feature_nets = distiller.eval_nets()
+  feature_nets = feature_nets and feature_nets[:1]
+  linear_splits = [_features(distiller, feature_nets, split)
+                   for split in (train, validation, test)]
+  weights = _kernel(jax.jit(lambda p: distiller.fit_inner(
+      p, nets=feature_nets))(state.params).params)
+  accuracy, loss = _test(weights, linear_splits[2])
   table = [_row('distilled', len(images), float(l2reg), [accuracy], [loss])]
   if baselines and 'linear' in nets:
-    table += _baselines(distiller, train, validation, test)
-  mean, std = normalization(train, distiller.info.image_shape)
+    table += _baselines(distiller, *linear_splits)
+  # The networks' normalization: per-channel statistics of the training
+  # split as the distiller saw it (after config.data's preprocessing).
+  mean, std = input_pipeline.channel_stats(train.images,
+                                           distiller.info.image_shape)
   net_table = []
   for name in nets:
     if name != 'linear':
@@ -218,15 +228,6 @@ def net_recipes(config: ml_collections.ConfigDict
                               depth=values['mlp_depth'], norm='none',
                               **common),
   }
-
-
-def normalization(train: input_pipeline.Split, image_shape
-                  ) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel mean and std of the training images: what the networks
-  subtract and divide by."""
-  images = train.images.reshape((-1,) + tuple(image_shape))
-  return (images.mean(axis=(0, 1, 2)).astype(np.float32),
-          images.std(axis=(0, 1, 2)).astype(np.float32))
 
 
 def _net_rows(distiller: outer.Distiller, recipe: net_train.Recipe,
@@ -379,9 +380,10 @@ def format_net_table(net_table: list[dict[str, Any]],
 def _export(path: str, distiller: outer.Distiller, l2reg, images, targets,
             mean: np.ndarray, std: np.ndarray,
             recipes: dict[str, net_train.Recipe]) -> None:
-  """The set as a .npz (images (k, h, w, c) in the [0, 1] scale, soft and
-  hard labels, the networks' normalization) and, beside it, a .json with
-  the normalization and the recipes: what another framework needs."""
+  """The set as a .npz (images (k, h, w, c) on the scale of the data as
+  preprocessed, soft and hard labels, the networks' normalization) and,
+  beside it, a .json with the preprocessing, the normalization and the
+  recipes: what another framework needs."""
   soft = np.asarray(targets)
   np.savez(path,
            images=np.asarray(images).reshape(
@@ -391,8 +393,12 @@ def _export(path: str, distiller: outer.Distiller, l2reg, images, targets,
            normalization_mean=mean, normalization_std=std)
   side = path[:-len('.npz')] + '.json'
   _write_json({
-      'images': 'images (k, height, width, channels), pixels on the [0, 1] '
-                'scale of the data; networks see (images - mean) / std',
+      'images': 'images (k, height, width, channels) on the scale of the '
+                'data after data_preprocessing (pixels in [0, 1] when it is '
+                'all off); networks see (images - mean) / std',
+      'data_preprocessing': {
+          field: distiller.config.data.get(field)
+          for field in ('normalize', 'zca', 'zca_reg')},
       'normalization': {'mean': mean.tolist(), 'std': std.tolist()},
       'soft_labels': 'targets: the learned label distributions (one-hot '
                      'if not learned)',
@@ -477,8 +483,22 @@ class _BaselineFit:
 
 
 def _kernel(params) -> np.ndarray:
+  """The linear model's weights (of the only net, if stacked per net)."""
   (kernel,) = jax.tree.leaves(params)
-  return np.asarray(kernel)
+  return np.asarray(kernel).reshape(kernel.shape[-2:])
+
+
+def _features(distiller: outer.Distiller, nets: list[Any] | None,
+              split: input_pipeline.Split,
+              batch_size: int = 1000) -> input_pipeline.Split:
+  """`split` as the single net of `nets` sees it (as is for pixels), in
+  batches to bound the memory of the network's activations."""
+  if nets is None:
+    return split
+  phi = jax.jit(lambda x: distiller.features(nets, x)[0])
+  return input_pipeline.Split(np.concatenate([
+      np.asarray(phi(split.images[i:i + batch_size]))
+      for i in range(0, len(split), batch_size)]), split.labels)
 
 
 def _test(weights: np.ndarray, split: input_pipeline.Split

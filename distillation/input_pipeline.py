@@ -51,7 +51,8 @@ _DIGITS_TEST_SIZE = 360  # ~20% of the 1797 digits, held out with a fixed seed.
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split: `images` (n, num_pixels) in [0, 1] and `labels` (n,)."""
+  """One split: `images` (n, num_pixels), in [0, 1] as loaded, and `labels`
+  (n,)."""
   images: np.ndarray
   labels: np.ndarray
 
@@ -115,9 +116,84 @@ def train_validation_split(train: Split, validation_size: int,
 
 def load_train_and_validation(
     data_config: ml_collections.ConfigDict) -> tuple[Split, Split]:
-  return train_validation_split(
+  """The training and validation splits, preprocessed (`Preprocessing`)."""
+  train, validation = train_validation_split(
       load_split(data_config, 'train'), data_config.validation_size,
       data_config.split_seed)
+  preprocess = Preprocessing.fit(data_config, train)
+  return preprocess(train), preprocess(validation)
+
+
+def load_train_validation_test(
+    data_config: ml_collections.ConfigDict) -> tuple[Split, Split, Split]:
+  """As `load_train_and_validation`, and the test split preprocessed the
+  same way (with statistics of the training split)."""
+  train, validation = train_validation_split(
+      load_split(data_config, 'train'), data_config.validation_size,
+      data_config.split_seed)
+  preprocess = Preprocessing.fit(data_config, train)
+  return (preprocess(train), preprocess(validation),
+          preprocess(load_split(data_config, 'test')))
+
+
+def channel_stats(images: np.ndarray, image_shape: tuple[int, int, int]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and std of flat images (n, num_pixels)."""
+  images = images.reshape((-1,) + tuple(image_shape))
+  return (images.mean(axis=(0, 1, 2)).astype(np.float32),
+          images.std(axis=(0, 1, 2)).astype(np.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """What the model sees instead of [0, 1] pixels, fit on the training split
+  (after the validation split is carved out):
+
+  * config.data.normalize: minus the per-channel mean, over the per-channel
+    std;
+  * config.data.zca: then ZCA whitening (KIP, FRePo, RCIG on CIFAR-10):
+    centered, times U diag(1 / sqrt(lambda + zca_reg * mean(lambda))) U^T,
+    with (lambda, U) the eigenpairs of the pixels' covariance.
+  Neither set: the identity (the seed's data, untouched).
+  """
+  shape: tuple[int, int, int]
+  mean: np.ndarray | None = None  # Per channel.
+  std: np.ndarray | None = None
+  center: np.ndarray | None = None  # Per pixel, for ZCA.
+  whitening: np.ndarray | None = None  # (num_pixels, num_pixels).
+
+  @classmethod
+  def fit(cls, data_config: ml_collections.ConfigDict,
+          train: Split) -> 'Preprocessing':
+    shape = dataset_info(data_config).image_shape
+    identity = cls(shape)
+    if data_config.get('normalize'):
+      identity = cls(shape, *channel_stats(train.images, shape))
+    if not data_config.get('zca'):
+      return identity
+    reg = data_config.zca_reg
+    if not 0 < reg < np.inf:
+      raise errors.UserError(f'config.data.zca_reg={reg} must be positive '
+                             'and finite.')
+    images = identity(train).images.astype(np.float64)
+    center = images.mean(0)
+    images -= center
+    eigenvalues, eigenvectors = np.linalg.eigh(images.T @ images /
+                                               len(images))
+    eigenvalues = np.maximum(eigenvalues, 0)
+    scale = 1 / np.sqrt(eigenvalues + reg * eigenvalues.mean())
+    whitening = (eigenvectors * scale) @ eigenvectors.T
+    return dataclasses.replace(identity, center=center.astype(np.float32),
+                               whitening=whitening.astype(np.float32))
+
+  def __call__(self, split: Split) -> Split:
+    images = split.images
+    if self.mean is not None:
+      channels = images.reshape((len(images), -1, self.shape[-1]))
+      images = ((channels - self.mean) / self.std).reshape(images.shape)
+    if self.whitening is not None:
+      images = (images - self.center) @ self.whitening
+    return Split(images.astype(np.float32), split.labels)
 
 
 def _load_tfds(name: str, split: str,

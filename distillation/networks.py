@@ -35,16 +35,23 @@ class ConvNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    for _ in range(self.depth):
-      x = nn.Conv(self.width, (3, 3), padding='SAME')(x)
-      if self.norm == 'instance':
-        x = InstanceNorm()(x)
-      x = nn.relu(x)
-      # A 1-pixel map is not pooled further (8x8 digits reach it at depth 3);
-      # odd sizes round down, as PyTorch's AvgPool2d does.
-      if min(x.shape[1:3]) >= 2:
-        x = avg_pool(x)
+    x = conv_blocks(x, self.width, self.depth, self.norm)
     return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
+
+
+def conv_blocks(x: jax.Array, width: int, depth: int, norm: str) -> jax.Array:
+  """The ConvNet without its dense layer; called inside a compact method,
+  its layers belong to (and are named in) the calling module."""
+  for _ in range(depth):
+    x = nn.Conv(width, (3, 3), padding='SAME')(x)
+    if norm == 'instance':
+      x = InstanceNorm()(x)
+    x = nn.relu(x)
+    # A 1-pixel map is not pooled further (8x8 digits reach it at depth 3);
+    # odd sizes round down, as PyTorch's AvgPool2d does.
+    if min(x.shape[1:3]) >= 2:
+      x = avg_pool(x)
+  return x
 
 
 def avg_pool(x: jax.Array) -> jax.Array:
@@ -65,7 +72,13 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = x.reshape((x.shape[0], -1))
-    for _ in range(self.depth):
-      x = nn.relu(nn.Dense(self.width)(x))
+    x = mlp_layers(x, self.width, self.depth)
     return nn.Dense(self.num_classes)(x)
+
+
+def mlp_layers(x: jax.Array, width: int, depth: int) -> jax.Array:
+  """The MLP's hidden ReLU layers (flattening first), as `conv_blocks`."""
+  x = x.reshape((x.shape[0], -1))
+  for _ in range(depth):
+    x = nn.relu(nn.Dense(width)(x))
+  return x

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from distillation import errors
+from distillation import features
 from distillation import inner
 from distillation import input_pipeline
 from distillation import models
@@ -36,6 +37,9 @@ OPTIMIZERS = ('sgd', 'momentum', 'adam')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
 IMAGE_INITS = ('noise', 'real', 'means')
 _KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)  # A jax.random.PRNGKey.
+# fold_in(step key, this) draws the step's feature networks: the same on
+# every device (the minibatch keys fold in the device index instead).
+_NETS_STREAM = 2**31 - 1
 
 
 class OuterState(flax.struct.PyTreeNode):
@@ -46,9 +50,12 @@ class OuterState(flax.struct.PyTreeNode):
     params: the learned outer parameters: 'images' (k, num_pixels); with
       config.distill.learn_labels, 'label_logits' (k, num_classes), the soft
       targets being their softmax; with config.distill.learn_l2reg,
-      'log_l2reg' (a scalar).
+      'log_l2reg' (a scalar); with config.distill.learn_temperature,
+      'log_temperature' (a scalar: the outer loss's logits are multiplied
+      by its exp, Platt scaling).
     opt_state: the Optax state of `params`.
-    inner_params: the inner solution of the last step (for warm starts).
+    inner_params: the inner solution of the last step (for warm starts;
+      with random features, which never warm-start, the initial one).
     rng: base key; step s uses fold_in(rng, s), so nothing else is saved.
   """
   step: jax.Array
@@ -90,6 +97,15 @@ class Distiller:
       raise errors.UserError(
           f'config.distill.label_temperature='
           f'{config.distill.label_temperature} must be positive.')
+    self.feature_map = features.make(config.get('model'),
+                                     self.info.image_shape)
+    if self.feature_map is not None and config.inner.warm_start:
+      raise errors.UserError(
+          f'config.inner.warm_start=True does not fit config.model.features='
+          f'{config.model.features!r}: each step draws new feature networks, '
+          'so the last solution is no start; set it False.')
+    num_inputs = (self.info.num_pixels if self.feature_map is None else
+                  self.feature_map.num_features)
     self.model = models.LinearClassifier(self.info.num_classes)
     self.solve = inner.make_solver(config.inner, self.model.apply)
     self.optimizer = make_optimizer(config.optimizer, config.num_steps)
@@ -97,7 +113,7 @@ class Distiller:
     self.labels = np.repeat(np.arange(self.info.num_classes), ipc)
     # Shapes only: concrete arguments would compile small programs.
     self.abstract_inner_params = jax.eval_shape(
-        self.model.init, _KEY, jax.ShapeDtypeStruct((1, self.info.num_pixels),
+        self.model.init, _KEY, jax.ShapeDtypeStruct((1, num_inputs),
                                                     jnp.float32))
     self.inner_init = inner.init_params(config.inner,
                                         self.abstract_inner_params)
@@ -143,6 +159,8 @@ class Distiller:
       ) / self.config.distill.label_temperature
     if self.config.distill.learn_l2reg:
       params['log_l2reg'] = jnp.log(jnp.float32(self.config.inner.l2reg))
+    if self.config.distill.get('learn_temperature'):
+      params['log_temperature'] = jnp.zeros((), jnp.float32)
     return OuterState(
         step=jnp.zeros((), jnp.int32), params=params,
         opt_state=self.optimizer.init(params), inner_params=self.inner_init,
@@ -190,23 +208,69 @@ class Distiller:
       l2reg = jnp.asarray(self.config.inner.l2reg)
     return l2reg, params['images'], targets
 
-  def fit_inner(self, params: dict[str, jax.Array],
-                init: Any = None) -> inner.InnerResult:
-    """Fits the classifier on the distilled set given by `params`."""
-    l2reg, images, targets = self.hyperparams(params)
-    init = self.inner_init if init is None else init
-    init = jax.tree.map(lambda p: jnp.asarray(p, images.dtype), init)
-    return self.solve(init, l2reg, images, targets)
+  def draw_nets(self, key: jax.Array) -> list[Any] | None:
+    """The feature networks drawn from `key`; None for pixels."""
+    return None if self.feature_map is None else self.feature_map.draw(key)
 
-  def _batch_loss(self, inner_params, batch: Batch):
-    """Sum of cross-entropies over `batch` (masked), and #correct."""
-    logits = self.model.apply(inner_params, batch['images'])
+  def eval_nets(self) -> list[Any] | None:
+    """Fixed feature networks for validation and eval.py, so that scores of
+    different steps compare like with like."""
+    return self.draw_nets(jax.random.fold_in(
+        jax.random.PRNGKey(self.config.seed), _NETS_STREAM))
+
+  def features(self, nets: list[Any] | None,
+               images: jax.Array) -> jax.Array | None:
+    """Each net's features of `images`, stacked (nets, n, num_features).
+
+    A loop, not a vmap over the nets: vmapped convolutions become grouped
+    ones, which XLA's CPU backend runs several times slower.
+    """
+    if nets is None:
+      return None
+    return jnp.stack([self.feature_map(net, images) for net in nets])
+
+  def fit_inner(self, params: dict[str, jax.Array], init: Any = None,
+                nets: list[Any] | None = None) -> inner.InnerResult:
+    """Fits the classifier on the distilled set given by `params`: on its
+    pixels, or on the features of each of `nets` (results stacked per net;
+    `init`, if given, too)."""
+    l2reg, images, targets = self.hyperparams(params)
+    if (nets is None) != (self.feature_map is None):
+      raise ValueError('fit_inner needs feature networks exactly when '
+                       'config.model.features is not pixels.')
+    if nets is None:
+      init = self.inner_init if init is None else init
+      init = jax.tree.map(lambda p: jnp.asarray(p, images.dtype), init)
+      return self.solve(init, l2reg, images, targets)
+    # One solve per net, not a vmap: batched LAPACK calls on CPU can
+    # deadlock a small thread pool (see linalg._unstacked).
+    results = []
+    for i, net_features in enumerate(self.features(nets, images)):
+      start = self.inner_init if init is None else jax.tree.map(
+          lambda p, i=i: p[i], init)
+      start = jax.tree.map(lambda p: jnp.asarray(p, images.dtype), start)
+      results.append(self.solve(start, l2reg, net_features, targets))
+    return jax.tree.map(lambda *x: jnp.stack(x), *results)
+
+  def _batch_loss(self, inner_params, log_temperature: jax.Array | None,
+                  batch_features: jax.Array | None, batch: Batch):
+    """Sum of cross-entropies over `batch` (masked), and #correct; with
+    features, `inner_params` and `batch_features` are stacked per net and
+    both are averages over the nets."""
+    if batch_features is None:
+      logits = self.model.apply(inner_params, batch['images'])
+    else:
+      logits = jax.vmap(self.model.apply)(inner_params, batch_features)
+    if log_temperature is not None:
+      logits = logits * jnp.exp(log_temperature)
     # One-hot targets rather than integer labels: the same loss, but its
     # gradient is dense (no gather and scatter over the rows), which XLA
     # compiles faster and runs no slower.
     losses = optax.softmax_cross_entropy(
         logits, jax.nn.one_hot(batch['labels'], self.info.num_classes))
     correct = jnp.argmax(logits, -1) == batch['labels']
+    if batch_features is not None:
+      losses, correct = jnp.mean(losses, 0), jnp.mean(correct, 0)
     return jnp.sum(batch['mask'] * losses), jnp.sum(batch['mask'] * correct)
 
   def _select_batch(self, shard: Batch, rng: jax.Array) -> Batch:
@@ -221,26 +285,37 @@ class Distiller:
     return jax.tree.map(lambda x: x[index], shard)
 
   def loss_and_hypergradient(
-      self, params: dict[str, jax.Array], batch: Batch, init: Any = None
+      self, params: dict[str, jax.Array], batch: Batch, init: Any = None,
+      nets: list[Any] | None = None
   ) -> tuple[dict[str, jax.Array], Metrics, Any]:
     """Outer loss over `batch` on all devices and its gradient wrt `params`.
 
-    Runs under `parallel.pmap` (collectives on AXIS). Returns the
-    hypergradient, the step's metrics and the inner solution.
+    Runs under `parallel.pmap` (collectives on AXIS). `nets`: the feature
+    networks (the same on every device), for features other than pixels.
+    Returns the hypergradient, the step's metrics and the inner solution
+    (stacked per net with features).
     """
 
     def inner_solution(params):
-      result = self.fit_inner(params, init)
+      result = self.fit_inner(params, init, nets)
       return result.params, (result.iterations, result.error)
 
     inner_params, pullback, (iterations, error) = jax.vjp(
         inner_solution, params, has_aux=True)
-    (loss_sum, correct), dparams = jax.value_and_grad(
-        self._batch_loss, has_aux=True)(inner_params, batch)
+    # The real batch's features need no gradient: the networks are random,
+    # not learned.
+    log_temperature = params.get('log_temperature')
+    (loss_sum, correct), (dparams, dtemperature) = jax.value_and_grad(
+        self._batch_loss, argnums=(0, 1), has_aux=True)(
+            inner_params, log_temperature,
+            self.features(nets, batch['images']), batch)
     count = jnp.sum(batch['mask'])
-    loss_sum, correct, count, dparams = jax.lax.psum(
-        (loss_sum, correct, count, dparams), parallel.AXIS)
+    loss_sum, correct, count, dparams, dtemperature = jax.lax.psum(
+        (loss_sum, correct, count, dparams, dtemperature), parallel.AXIS)
     (grads,) = pullback(jax.tree.map(lambda g: g / count, dparams))
+    if log_temperature is not None:  # The inner solution ignores it.
+      grads = {**grads, 'log_temperature': dtemperature / count}
+    iterations, error = jnp.max(iterations), jnp.max(error)  # Over nets.
     metrics = {
         'loss': loss_sum / count,
         'accuracy': correct / count,
@@ -256,10 +331,14 @@ class Distiller:
   def train_step(self, state: OuterState,
                  shard: Batch) -> tuple[OuterState, Metrics]:
     """One outer update; runs under `parallel.pmap`."""
-    batch = self._select_batch(shard, jax.random.fold_in(state.rng, state.step))
+    key = jax.random.fold_in(state.rng, state.step)
+    batch = self._select_batch(shard, key)
     grads, metrics, inner_params = self.loss_and_hypergradient(
         state.params, batch,
-        state.inner_params if self.config.inner.warm_start else None)
+        state.inner_params if self.config.inner.warm_start else None,
+        self.draw_nets(jax.random.fold_in(key, _NETS_STREAM)))
+    if self.feature_map is not None:
+      inner_params = state.inner_params
     updates, opt_state = self.optimizer.update(grads, state.opt_state,
                                                state.params)
     new_state = state.replace(
@@ -286,8 +365,11 @@ class Distiller:
   def eval_step(self, params: dict[str, jax.Array],
                 shard: Batch) -> Metrics:
     """Loss and accuracy on `shard` of the inner model fit from scratch."""
-    inner_params = self.fit_inner(params).params
-    loss_sum, correct = self._batch_loss(inner_params, shard)
+    nets = self.eval_nets()
+    inner_params = self.fit_inner(params, nets=nets).params
+    loss_sum, correct = self._batch_loss(
+        inner_params, params.get('log_temperature'),
+        self.features(nets, shard['images']), shard)
     loss_sum, correct, count = jax.lax.psum(
         (loss_sum, correct, jnp.sum(shard['mask'])), parallel.AXIS)
     return {'loss': loss_sum / count, 'accuracy': correct / count}

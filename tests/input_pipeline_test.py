@@ -160,5 +160,47 @@ class SourcesTest(parameterized.TestCase):
       input_pipeline.load_split(_data_config(dataset='svhn'), 'train')
 
 
+class PreprocessingTest(parameterized.TestCase):
+
+  def test_off_by_default_leaves_the_pixels(self):
+    train, _ = input_pipeline.load_train_and_validation(_data_config())
+    self.assertBetween(train.images.min(), 0.0, 1.0)
+    self.assertEqual(train.images.max(), 1.0)
+
+  def test_normalized_training_split_has_zero_mean_unit_std(self):
+    config = _data_config(normalize=True)
+    train, _, test = input_pipeline.load_train_validation_test(config)
+    mean, std = input_pipeline.channel_stats(train.images, (8, 8, 1))
+    np.testing.assert_allclose(mean, 0, atol=1e-5)
+    np.testing.assert_allclose(std, 1, rtol=1e-5)
+    # The test split with the training split's statistics.
+    raw_train, _ = input_pipeline.train_validation_split(
+        input_pipeline.load_split(config, 'train'), 10, 0)
+    raw_test = input_pipeline.load_split(config, 'test')
+    raw_mean, raw_std = input_pipeline.channel_stats(raw_train.images,
+                                                     (8, 8, 1))
+    np.testing.assert_allclose(test.images,
+                               (raw_test.images - raw_mean) / raw_std,
+                               rtol=1e-5, atol=1e-5)
+
+  def test_zca_whitens_the_training_split(self):
+    # With a tiny regularizer the covariance of the whitened training
+    # images is the identity on the data's span (digits' corner pixels are
+    # constant, so their eigenvalues are 0 and stay so).
+    config = _data_config(zca=True, zca_reg=1e-8)
+    train, _ = input_pipeline.load_train_and_validation(config)
+    images = train.images.astype(np.float64)
+    np.testing.assert_allclose(images.mean(0), 0, atol=1e-4)
+    eigenvalues = np.linalg.eigvalsh(images.T @ images / len(images))
+    nonzero = eigenvalues[eigenvalues > 1e-2]
+    self.assertGreater(len(nonzero), 50)
+    np.testing.assert_allclose(nonzero, 1, rtol=1e-2)
+
+  def test_bad_zca_reg(self):
+    with self.assertRaisesRegex(errors.UserError, '^config.data.zca_reg=0'):
+      input_pipeline.load_train_and_validation(
+          _data_config(zca=True, zca_reg=0.0))
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -5,6 +5,7 @@ from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.special
 
 from configs import test as test_config
 from distillation import errors
@@ -228,3 +229,139 @@ class OuterTest(parameterized.TestCase):
 
 if __name__ == '__main__':
   absltest.main()
+
+
+def _logistic_regression(features, targets, l2reg, iterations=30):
+  """argmin_W mean CE(targets, features W) + l2reg / 2 ||W||^2 by Newton's
+  method in NumPy (float64), as the tests' independent inner solution."""
+  k, d = features.shape
+  num_classes = targets.shape[1]
+  w = np.zeros((d, num_classes))
+  for _ in range(iterations):
+    p = scipy.special.softmax(features @ w, -1)
+    grad = features.T @ (p - targets) / k + l2reg * w
+    # Hessian of the cross-entropy: sum_i phi_i phi_i^T (x) (diag p_i - p_i
+    # p_i^T) / k, in the (d, num_classes) ordering of W.
+    curvature = (np.einsum('ic,cb->icb', p, np.eye(num_classes)) -
+                 np.einsum('ic,ib->icb', p, p))
+    hessian = np.einsum('ia,ie,icb->aceb', features,
+                        features, curvature).reshape(
+                            d * num_classes, d * num_classes) / k
+    hessian += l2reg * np.eye(d * num_classes)
+    w = w - np.linalg.solve(hessian, grad.reshape(-1)).reshape(w.shape)
+  return w
+
+
+def _feature_config(features, solver, implicit_solve, **inner):
+  """A tiny random-feature problem with every outer parameter learned."""
+  config = _config(solver=solver, implicit_solve=implicit_solve, **inner)
+  config.model.features = features
+  config.model.width = 4 if features == 'conv' else 8
+  config.model.depth = 2 if features == 'conv' else 1
+  config.distill.learn_labels = config.distill.learn_l2reg = True
+  config.distill.learn_temperature = True
+  return config
+
+
+class FeatureOuterTest(parameterized.TestCase):
+  """The outer step with random conv and mlp features."""
+
+  @parameterized.product(features=('conv', 'mlp'),
+                         solver=(('gradient_descent', 'cg'), ('lbfgs', 'cg'),
+                                 ('newton', 'direct')))
+  def test_hypergradient_matches_finite_differences_cold_and_warm(
+      self, features, solver):
+    # A tight tol: the finite differences divide the solutions' errors by
+    # eps.
+    config = _feature_config(features, *solver, tol=1e-12, maxiter=5000,
+                             implicit_tol=1e-12)
+    train = _train_split(config, 101)
+    with jax.enable_x64(True):
+      distiller, params, shard = _float64_problem(config, train)
+      # A non-trivial temperature, so its gradient is tested too.
+      params['log_temperature'] = jnp.asarray(0.5, jnp.float64)
+      nets = distiller.draw_nets(jax.random.PRNGKey(3))
+      pmapped = _pmap_on(1, lambda p_init, b: (
+          distiller.loss_and_hypergradient(p_init[0], b, p_init[1], nets)))
+      step = lambda init: pmapped((params, init), shard)
+      grads, metrics, solution = step(None)
+
+      # An independent outer loss: each net's head fit by a NumPy Newton
+      # solve on its features; the mean over nets of the tempered mean
+      # cross-entropy on the batch.
+      phi = jax.jit(lambda images: distiller.features(nets, images))
+      batch_features = np.asarray(phi(train.images.astype(np.float64)))
+
+      def outer_loss(params):
+        l2reg, images, targets = (np.asarray(x) for x in
+                                  distiller.hyperparams(params))
+        total = 0.0
+        for head_features, features in zip(np.asarray(phi(images)),
+                                           batch_features):
+          w = _logistic_regression(head_features, targets, l2reg)
+          logits = features @ w * np.exp(params['log_temperature'])
+          total += np.mean(scipy.special.logsumexp(logits, -1) - logits[
+              np.arange(len(logits)), train.labels])
+        return total / len(nets)
+
+      np.testing.assert_allclose(metrics['loss'], outer_loss(params),
+                                 rtol=1e-9)
+      self.assertEqual(set(grads), set(params))
+      rng = np.random.default_rng(0)
+      eps = 1e-6
+      for _ in range(2):
+        v = jax.tree.map(lambda x: rng.normal(size=x.shape), params)
+        shifted = lambda sign: jax.tree.map(lambda x, d: x + sign * eps * d,
+                                            params, v)
+        numeric = (outer_loss(shifted(1)) - outer_loss(shifted(-1))) / (2 * eps)
+        analytic = sum(jnp.sum(g * d) for g, d in zip(
+            jax.tree.leaves(grads), jax.tree.leaves(v)))
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-5)
+      # Warm: from each net's solution, exact and perturbed.
+      for start in (solution, jax.tree.map(lambda x: x * 1.01, solution)):
+        warm, _, _ = step(start)
+        for name in grads:
+          np.testing.assert_allclose(warm[name], grads[name], rtol=1e-6,
+                                     atol=1e-10)
+
+  def test_four_devices_equal_one_device(self):
+    if jax.local_device_count() < 4:
+      self.skipTest('needs 4 devices: run under pytest (tests/conftest.py '
+                    'sets XLA_FLAGS=--xla_force_host_platform_device_count=8)')
+    config = _feature_config('conv', 'newton', 'direct', tol=1e-5)
+    train = _train_split(config, 203)
+    distiller = outer.Distiller(config)
+    state = distiller.init_state(jax.random.PRNGKey(0))
+    steps = lambda s, b: distiller.train_steps(s, b, num_steps=2)
+    one_state, one_metrics = _pmap_on(1, steps)(
+        state, parallel.shard_split(train, 1))
+    four_state, four_metrics = _pmap_on(4, steps)(
+        state, parallel.shard_split(train, 4))
+    np.testing.assert_allclose(four_metrics['loss'], one_metrics['loss'],
+                               rtol=1e-5)
+    for name in state.params:
+      np.testing.assert_allclose(four_state.params[name],
+                                 one_state.params[name], rtol=1e-4, atol=1e-6)
+
+  def test_steps_depend_only_on_the_state(self):
+    # What makes resume bit-exact: the nets come from fold_in(rng, step).
+    config = _feature_config('mlp', 'newton', 'direct', tol=1e-5)
+    config.data.outer_batch_size = 32
+    train = parallel.shard_split(_train_split(config, 100), 1)
+    distiller = outer.Distiller(config)
+    state = distiller.init_state(jax.random.PRNGKey(0))
+    steps = lambda n: _pmap_on(1, lambda s, b: distiller.train_steps(
+        s, b, num_steps=n))
+    at_once, _ = steps(4)(state, train)
+    halfway, _ = steps(2)(state, train)
+    resumed, _ = steps(2)(halfway, train)
+    for name in state.params:
+      np.testing.assert_array_equal(resumed.params[name],
+                                    at_once.params[name])
+
+  def test_random_features_do_not_warm_start(self):
+    config = _feature_config('conv', 'lbfgs', 'cg')
+    config.inner.warm_start = True
+    with self.assertRaisesRegex(errors.UserError,
+                                '^config.inner.warm_start=True [^\n]*$'):
+      outer.Distiller(config)

@@ -1,0 +1,95 @@
+"""The outer step with random conv features against its unavoidable network work.
+
+  python benchmarks/feature_step.py [--config=fashion_mnist_conv_ipc10_cpu]
+
+On Fashion-MNIST-sized random data (no dataset needed), times in one run
+(medians of many calls, each its own compiled function):
+* the whole outer step of the config (one device);
+* the network work it cannot avoid: the real minibatch's forward pass through
+  the step's networks, and the forward and backward pass of the distilled
+  images through them;
+and prints their ratio (the issue's target: at most 1.5) with the machine,
+the jax version and the commit.
+"""
+
+import importlib
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from distillation import input_pipeline
+from distillation import outer
+from distillation import parallel
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('config', 'fashion_mnist_conv_ipc10_cpu',
+                    'A config module under configs/ with conv features.')
+flags.DEFINE_integer('repeats', 20, 'Timed calls per measurement.')
+
+
+def _time_ms(fn, *args):
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(FLAGS.repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return 1e3 * float(np.median(times))
+
+
+def main(argv):
+  del argv
+  config = importlib.import_module(f'configs.{FLAGS.config}').get_config()
+  rng = np.random.default_rng(0)
+  info = input_pipeline.dataset_info(config.data)
+  n = 20_000
+  train = input_pipeline.Split(
+      rng.normal(size=(n, info.num_pixels)).astype(np.float32),
+      (np.arange(n) % info.num_classes).astype(np.int32))
+  distiller = outer.Distiller(config)
+  state = distiller.init_state(jax.random.PRNGKey(0), train)
+  shard = parallel.put_sharded(train)
+  step = jax.pmap(lambda s, b: distiller.train_step(s, b)[1]['loss'],
+                  axis_name=parallel.AXIS, in_axes=(None, 0),
+                  devices=jax.local_devices()[:1])
+  step_ms = _time_ms(step, state, shard)
+
+  images = state.params['images']
+  batch = jnp.asarray(train.images[:config.data.outer_batch_size])
+
+  @jax.jit
+  def network_work(key, images, batch):
+    nets = distiller.draw_nets(key)
+    phi_b = distiller.features(nets, batch)
+    phi_s, pullback = jax.vjp(lambda x: distiller.features(nets, x), images)
+    (dimages,) = pullback(jnp.ones_like(phi_s))
+    return jnp.sum(phi_b) + jnp.sum(dimages)
+
+  net_ms = _time_ms(network_work, jax.random.PRNGKey(1), images, batch)
+  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'],
+                          capture_output=True, text=True, check=False,
+                          cwd=os.path.dirname(__file__)).stdout.strip()
+  print(f'config {FLAGS.config}: {config.distill.images_per_class} images '
+        f'per class, {config.model.nets_per_step} nets of width '
+        f'{config.model.width}, batch {config.data.outer_batch_size}, '
+        f'solver {config.inner.solver}')
+  print(f'machine {platform.machine()} {os.cpu_count()} cores, '
+        f'{jax.devices()[0].device_kind}; jax {jax.__version__}; '
+        f'commit {commit}')
+  print(f'outer step       {step_ms:9.1f} ms')
+  print(f'network work     {net_ms:9.1f} ms')
+  print(f'ratio            {step_ms / net_ms:9.2f}')
+
+
+if __name__ == '__main__':
+  app.run(main)

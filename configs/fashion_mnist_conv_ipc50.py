@@ -1,0 +1,10 @@
+"""Fashion-MNIST (TFDS, or idx files via `--config.data.idx_dir=DIR`): 50
+images per class, a linear head on random ConvNet features, paper-sized."""
+
+from configs import common
+from configs import fashion_mnist
+
+
+def get_config():
+  config = common.conv_setting(fashion_mnist.get_config(), 50)
+  return config
