@@ -136,5 +136,36 @@ class EvalLibTest(parameterized.TestCase):
                                np.sort(split.images, 0))
 
 
+class FeatureEvalTest(absltest.TestCase):
+
+  def test_linear_rows_are_heads_on_one_fixed_networks_features(self):
+    workdir = self.create_tempdir().full_path
+    config = test_config.get_config()
+    config.num_steps = 2
+    config.eval.random_draws = 1
+    config.data.normalize = True
+    config.model.features = 'mlp'
+    config.model.width = 16
+    config.model.depth = 1
+    train_lib.train_and_evaluate(config, workdir)
+    result = eval_lib.evaluate(workdir)
+    rows = {row['method']: row for row in result['table']}
+    self.assertEqual(list(rows), ['distilled', 'random_real', 'class_means',
+                                  'full_data'])
+    # 16 random ReLU features of the digits: far above chance, below pixels.
+    self.assertBetween(rows['full_data']['test_accuracy'], 0.5, 0.99)
+    distiller, state, _ = eval_lib.load_distilled(workdir, 'best')
+    nets = distiller.eval_nets()[:1]
+    _, validation, test = input_pipeline.load_train_validation_test(
+        config.data)
+    del validation
+    weights = eval_lib._kernel(distiller.fit_inner(state.params,
+                                                   nets=nets).params)
+    accuracy, _ = eval_lib._test(weights,
+                                 eval_lib._features(distiller, nets, test))
+    self.assertAlmostEqual(rows['distilled']['test_accuracy'], accuracy,
+                           places=5)
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -218,6 +218,7 @@ class OuterTest(parameterized.TestCase):
       ('image_init', 'distill.image_init', 'zeros?'),
       ('schedule', 'optimizer.schedule', 'linear?'),
       ('dataset', 'data.dataset', 'imagenet'),
+      ('features', 'model.features', 'resnet?'),
   )
   def test_bad_config_is_reported_by_field(self, field, value):
     config = _config()
