@@ -81,6 +81,13 @@ def _commit() -> str:
       '+changes' if git('status', '--porcelain', '-uno') else '')
 
 
+def full_data_costs(rows: list[dict]) -> set[str]:
+  """'; dataset evaluator: N s' for each network full-data row."""
+  return {f'; {run["config"].rpartition("_ipc")[0]} {r["evaluator"]}: '
+          f'{r["seconds"]:.0f} s' for run in rows
+          for r in run.get('net_table', []) if r['method'] == 'full_data'}
+
+
 def table(rows: list[dict]) -> str:
   machine = (f'{platform.processor() or platform.machine()}, '
              f'{os.cpu_count()} CPUs; jax {metadata.version("jax")}; commit '
@@ -89,21 +96,30 @@ def table(rows: list[dict]) -> str:
            'draws or network seeds) of each evaluator trained on each set; '
            'linear: the inner model (distilled with its learned labels). '
            'IOR = distilled - random real (same labels), HLR = full data - '
-           'distilled (hard). Eval time: of that evaluator\'s rows.', '',
+           'distilled (hard). Eval time: of that evaluator\'s rows but '
+           'full data, which is trained once per dataset and recipe and '
+           'cached' + ''.join(sorted(full_data_costs(rows))) + '.', '',
            '| config | evaluator | recipe | ' + ' | '.join(
                c[0] for c in _COLUMNS) + ' | IOR soft / hard | HLR | '
            'eval time | train time |',
            '| --- ' * (len(_COLUMNS) + 7) + '|']
+  trained = set()  # Full-data rows seen: a repeat was read from the cache.
   for run in rows:
     per_evaluator = evaluator_rows(run)
-    net_seconds = sum(r['seconds'] for r in run.get('net_table', []))
+    net_seconds = 0
+    for r in run.get('net_table', []):
+      key = json.dumps(r, sort_keys=True)
+      if r['method'] != 'full_data' or key not in trained:
+        net_seconds += r['seconds']
+      trained.add(key)
     differences = {d['evaluator']: d for d in run.get('net_differences', [])}
     for evaluator, cells in per_evaluator.items():
       if evaluator == 'linear':
         recipe, seconds = 'l2reg grid', run['eval_seconds'] - net_seconds
       else:
         recipe = next(iter(cells.values()))['recipe_name']
-        seconds = sum(r['seconds'] for r in cells.values())
+        seconds = sum(r['seconds'] for r in cells.values()
+                      if r['method'] != 'full_data')
       diff = differences.get(evaluator, {})
       ior = ' / '.join(f'{100 * diff[k]:+.1f}' if k in diff else '—'
                        for k in ('ior_soft', 'ior_hard'))

@@ -54,8 +54,9 @@ class NetTrainTest(absltest.TestCase):
     recipe = _recipe(model='mlp', width=16, depth=1, epochs=10, seeds=3,
                      learning_rate=0.1)
     one = self._accuracy(recipe, num_devices=1)
-    two = self._accuracy(recipe, num_devices=2, steps_per_call=4)
-    np.testing.assert_allclose(one, two, atol=1.5 / len(self.test))
+    two = self._accuracy(recipe, num_devices=2)
+    # Identical programs per network; a little slack for how XLA schedules.
+    np.testing.assert_allclose(one, two, atol=0.01)
     self.assertEqual(one.shape, (3,))
     self.assertGreater(one.min(), 0.3)
     self.assertLen(set(one), 3)  # The seeds differ.
