@@ -11,6 +11,17 @@ eval.py) and a cosine schedule make it converge fast.
 import ml_collections
 
 
+def _inner_solver(config: ml_collections.ConfigDict, *, newton: bool) -> None:
+  if newton:
+    config.inner.solver = 'newton'
+    config.inner.implicit_solve = 'direct'
+    config.inner.tol = 1e-5
+  else:
+    config.inner.solver = 'lbfgs'
+    config.inner.implicit_solve = 'cg'
+    config.inner.tol = 1e-4
+
+
 def learned_setting(config: ml_collections.ConfigDict,
                     images_per_class: int) -> ml_collections.ConfigDict:
   config.distill.images_per_class = images_per_class
@@ -18,18 +29,12 @@ def learned_setting(config: ml_collections.ConfigDict,
   config.distill.learn_labels = True
   config.distill.learn_l2reg = True
   config.inner.warm_start = True
-  if images_per_class == 1:
-    # Exact Newton on the k * num_classes representer coefficients.
-    config.inner.solver = 'newton'
-    config.inner.implicit_solve = 'direct'
-    config.inner.tol = 1e-5
-  else:
-    # Warm-started L-BFGS with CG on the inner Hessian. Newton is exact too,
-    # and the faster choice on accelerators (benchmarks/README.md):
-    # --config.inner.solver=newton --config.inner.implicit_solve=direct.
-    config.inner.solver = 'lbfgs'
-    config.inner.implicit_solve = 'cg'
-    config.inner.tol = 1e-4
+  # Exact Newton on the k * num_classes representer coefficients at one
+  # image per class; else warm-started L-BFGS with CG on the inner Hessian.
+  # Newton is exact too, and the faster choice on accelerators
+  # (benchmarks/README.md): --config.inner.solver=newton
+  # --config.inner.implicit_solve=direct.
+  _inner_solver(config, newton=images_per_class == 1)
   config.optimizer.name = 'adam'
   config.optimizer.learning_rate = 0.03
   config.optimizer.schedule = 'cosine'
@@ -66,14 +71,7 @@ def conv_setting(config: ml_collections.ConfigDict, images_per_class: int,
   config.distill.learn_temperature = True
   config.inner.warm_start = False
   config.inner.l2reg = 1e-2
-  if images_per_class <= 10:
-    config.inner.solver = 'newton'
-    config.inner.implicit_solve = 'direct'
-    config.inner.tol = 1e-5
-  else:
-    config.inner.solver = 'lbfgs'
-    config.inner.implicit_solve = 'cg'
-    config.inner.tol = 1e-4
+  _inner_solver(config, newton=images_per_class <= 10)
   config.optimizer.name = 'adam'
   config.optimizer.learning_rate = 0.01
   config.optimizer.schedule = 'cosine'

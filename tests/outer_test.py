@@ -43,6 +43,21 @@ def _float64_problem(config, train):
   return distiller, params, shard
 
 
+def _check_directional_derivatives(grads, params, outer_loss, directions):
+  """<grads, v> against central differences of outer_loss along random v."""
+  np.testing.assert_equal(set(grads), set(params))
+  rng = np.random.default_rng(0)
+  eps = 1e-6
+  for _ in range(directions):
+    v = jax.tree.map(lambda x: rng.normal(size=x.shape), params)
+    shifted = lambda sign, v=v: jax.tree.map(
+        lambda x, d: x + sign * eps * d, params, v)
+    numeric = (outer_loss(shifted(1)) - outer_loss(shifted(-1))) / (2 * eps)
+    analytic = sum(jnp.sum(g * d) for g, d in zip(
+        jax.tree.leaves(grads), jax.tree.leaves(v)))
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5)
+
+
 class OuterTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
@@ -70,17 +85,7 @@ class OuterTest(parameterized.TestCase):
 
       np.testing.assert_allclose(metrics['loss'], outer_loss(params),
                                  rtol=1e-10)
-      self.assertEqual(set(grads), set(params))
-      rng = np.random.default_rng(0)
-      eps = 1e-6
-      for _ in range(3):
-        v = jax.tree.map(lambda x: rng.normal(size=x.shape), params)
-        shifted = lambda sign: jax.tree.map(lambda x, d: x + sign * eps * d,
-                                            params, v)
-        numeric = (outer_loss(shifted(1)) - outer_loss(shifted(-1))) / (2 * eps)
-        analytic = sum(jnp.sum(g * d) for g, d in zip(
-            jax.tree.leaves(grads), jax.tree.leaves(v)))
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-5)
+      _check_directional_derivatives(grads, params, outer_loss, 3)
 
   def test_learned_parameters_start_at_the_seed_setting(self):
     config = _config()
@@ -307,17 +312,7 @@ class FeatureOuterTest(parameterized.TestCase):
 
       np.testing.assert_allclose(metrics['loss'], outer_loss(params),
                                  rtol=1e-9)
-      self.assertEqual(set(grads), set(params))
-      rng = np.random.default_rng(0)
-      eps = 1e-6
-      for _ in range(2):
-        v = jax.tree.map(lambda x: rng.normal(size=x.shape), params)
-        shifted = lambda sign: jax.tree.map(lambda x, d: x + sign * eps * d,
-                                            params, v)
-        numeric = (outer_loss(shifted(1)) - outer_loss(shifted(-1))) / (2 * eps)
-        analytic = sum(jnp.sum(g * d) for g, d in zip(
-            jax.tree.leaves(grads), jax.tree.leaves(v)))
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-5)
+      _check_directional_derivatives(grads, params, outer_loss, 2)
       # Warm: from each net's solution, exact and perturbed.
       for start in (solution, jax.tree.map(lambda x: x * 1.01, solution)):
         warm, _, _ = step(start)
