@@ -73,9 +73,9 @@ def conv_setting(config: ml_collections.ConfigDict, images_per_class: int,
   config.inner.l2reg = 1e-2
   _inner_solver(config, newton=images_per_class <= 10)
   config.optimizer.name = 'adam'
-  config.optimizer.learning_rate = 0.01
+  config.optimizer.learning_rate = 0.03
   config.optimizer.schedule = 'cosine'
-  config.num_steps = 300 if cpu else 4000
+  config.num_steps = 600 if cpu else 4000
   config.log_every_steps = 10
   config.eval_every_steps = 50 if cpu else 250
   config.checkpoint_every_steps = 50 if cpu else 250

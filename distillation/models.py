@@ -7,8 +7,9 @@ import jax
 class LinearClassifier(nn.Module):
   """Multiclass logistic regression: logits = flatten(x) @ W, no bias.
 
-  Its params pytree, {'params': {'Dense_0': {'kernel': (num_pixels,
-  num_classes)}}}, is what the inner solver optimizes.
+  Its params pytree, {'params': {'Dense_0': {'kernel': (num_inputs,
+  num_classes)}}}, is what the inner solver optimizes; the inputs are the
+  pixels or a feature map's features (`features.py`).
   """
   num_classes: int
 

@@ -4,10 +4,12 @@ Pure JAX (with flax, optax and, through `inner`, jaxopt): the state, its
 initialization and the step functions. The loop, checkpoints and metric
 writers live in `train_lib`.
 
-One outer step: solve the inner problem on the distilled set, evaluate the
-cross-entropy of the inner solution W* on this device's training shard,
-sum dLoss/dW* over all devices, and pull that cotangent back through the
-implicit-differentiation rule of the inner solver to get the hypergradient.
+One outer step: solve the inner problem on the distilled set (on its pixels,
+or on the features of the step's random networks, one solve per network:
+docs/features.md), evaluate the cross-entropy of the inner solution W* on
+this device's training shard, sum dLoss/dW* over all devices, and pull that
+cotangent back through the implicit-differentiation rule of the inner solver
+to get the hypergradient.
 The cotangent is reduced before the implicit backward pass, so the linear
 system of the implicit function theorem is solved once, with the same
 right-hand side on every device, whatever the number of devices.
