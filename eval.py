@@ -2,7 +2,11 @@
 
 Fits the inner model on the distilled images of the best (by validation
 accuracy) or latest checkpoint, and baselines of the same size, prints their
-test accuracy and loss, and writes them to DIR/eval.json.
+test accuracy and loss, and writes them to DIR/eval.json. The evaluators of
+config.eval.nets also train networks from scratch on each set. The
+checkpoint's config says how, unless --config is given, e.g.
+`--config=configs/default.py --config.eval.nets=linear,convnet
+--config.eval.net_preset=cpu`: then its eval section does.
 """
 
 import json
@@ -10,6 +14,7 @@ import sys
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 from distillation import cli
 from distillation import errors
@@ -23,6 +28,9 @@ flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'],
                   'The best checkpoint by validation accuracy, or the latest.')
 flags.DEFINE_bool('baselines', True, 'Also fit random real images, class '
                   'means and the full training split, for comparison.')
+config_flags.DEFINE_config_file(
+    'config', None, 'Optional: a config whose eval section replaces the '
+    "checkpoint's.", lock_config=True)
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -30,8 +38,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    result = eval_lib.evaluate(FLAGS.workdir, FLAGS.export, FLAGS.checkpoint,
-                               FLAGS.baselines)
+    result = eval_lib.evaluate(
+        FLAGS.workdir, FLAGS.export, FLAGS.checkpoint, FLAGS.baselines,
+        FLAGS.config.eval if FLAGS.config else None)
   except errors.UserError as e:
     sys.exit(f'ERROR: {e}')
   print(json.dumps(result))

@@ -2,13 +2,19 @@
 
   python benchmarks/accuracy.py --workdir=workdirs/accuracy \
       --configs=fashion_mnist_ipc1,fashion_mnist_ipc10 \
-      [-- --config.data.idx_dir=DIR]
+      [-- --config.data.idx_dir=DIR --config.eval.nets=linear,convnet \
+          --config.eval.net_preset=cpu]
 
 Each config runs `train.py` then `eval.py` (with baselines) in a fresh
-workdir, as a user would; the table (Markdown) and the raw results (JSON) land
-in --workdir. Arguments after `--` go to train.py.
+workdir, as a user would. Arguments after `--` go to train.py, so the
+`config.eval` fields there choose the evaluators. The table (Markdown, a
+row per config and evaluator), the raw results (JSON) and a plot of accuracy
+against images per class (PNG, if matplotlib is installed) land in --out
+(default: --workdir); --include adds the rows of earlier runs (e.g. another
+dataset's, which needed other arguments) to the table and the plot.
 """
 
+from importlib import metadata
 import json
 import os
 import platform
@@ -23,7 +29,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where runs and the table go.')
 flags.DEFINE_list('configs', [], 'Config names under configs/.')
-flags.mark_flags_as_required(['workdir', 'configs'])
+flags.DEFINE_list('include', [], 'Output directories of earlier runs of '
+                  'this script whose rows join the table and the plot.')
+flags.DEFINE_string('out', None, 'Where accuracy.md, .json and .png go '
+                    '(default: --workdir), e.g. benchmarks.')
+flags.mark_flags_as_required(['workdir'])
+
+# Table columns: (header, method, labels) of the network rows.
+_COLUMNS = (('distilled, soft', 'distilled', 'soft'),
+            ('distilled, hard', 'distilled', 'hard'),
+            ('random real, soft', 'random_real', 'soft'),
+            ('random real, hard', 'random_real', 'hard'),
+            ('class means', 'class_means', 'hard'),
+            ('full data', 'full_data', 'hard'))
 
 
 def _run(args: list[str]) -> float:
@@ -33,9 +51,143 @@ def _run(args: list[str]) -> float:
   return time.time() - start
 
 
+def evaluator_rows(result: dict) -> dict[str, dict]:
+  """{evaluator: {(method, labels): row}}; the linear table's distilled row
+  counts as soft (it uses the set's own, possibly learned, labels), its
+  baselines as hard."""
+  linear = {}
+  for row in result['table']:
+    labels = 'soft' if row['method'] == 'distilled' else 'hard'
+    linear[(row['method'], labels)] = row
+  out = {'linear': linear} if linear else {}
+  for row in result.get('net_table', []):
+    out.setdefault(row['evaluator'], {})[(row['method'], row['labels'])] = row
+  return out
+
+
+def _cell(row: dict | None) -> str:
+  if row is None:
+    return '—'
+  std = row.get('test_accuracy_std')
+  return f'{100 * row["test_accuracy"]:.1f}' + (
+      f' ± {100 * std:.1f}' if std else '')
+
+
+def _commit() -> str:
+  def git(*args):
+    return subprocess.run(['git', *args], cwd=ROOT, capture_output=True,
+                          text=True, check=False).stdout.strip()
+  return (git('rev-parse', '--short', 'HEAD') or 'unknown') + (
+      '+changes' if git('status', '--porcelain', '-uno') else '')
+
+
+def full_data_costs(rows: list[dict]) -> set[str]:
+  """'; dataset evaluator: N s' for each network full-data row."""
+  return {f'; {run["config"].rpartition("_ipc")[0]} {r["evaluator"]}: '
+          f'{r["seconds"]:.0f} s' for run in rows
+          for r in run.get('net_table', []) if r['method'] == 'full_data'}
+
+
+def table(rows: list[dict]) -> str:
+  commits = ', '.join(dict.fromkeys(r.get('commit', '?') for r in rows))
+  machine = (f'{platform.processor() or platform.machine()}, '
+             f'{os.cpu_count()} CPUs; jax {metadata.version("jax")}; commit '
+             f'{commits}')
+  lines = [f'Machine: {machine}. Test accuracy (%; mean ± std over random '
+           'draws or network seeds) of each evaluator trained on each set; '
+           'linear: the inner model (distilled with its learned labels). '
+           'IOR = distilled - random real (same labels), HLR = full data - '
+           'distilled (hard). Eval time: of that evaluator\'s rows but '
+           'full data, which is trained once per dataset and recipe and '
+           'cached' + ''.join(sorted(full_data_costs(rows))) + '.', '',
+           '| config | evaluator | recipe | ' + ' | '.join(
+               c[0] for c in _COLUMNS) + ' | IOR soft / hard | HLR | '
+           'eval time | train time |',
+           '| --- ' * (len(_COLUMNS) + 7) + '|']
+  trained = set()  # Full-data rows seen: a repeat was read from the cache.
+  for run in rows:
+    per_evaluator = evaluator_rows(run)
+    net_seconds = 0
+    for r in run.get('net_table', []):
+      key = json.dumps(r, sort_keys=True)
+      if r['method'] != 'full_data' or key not in trained:
+        net_seconds += r['seconds']
+      trained.add(key)
+    differences = {d['evaluator']: d for d in run.get('net_differences', [])}
+    for evaluator, cells in per_evaluator.items():
+      if evaluator == 'linear':
+        recipe, seconds = 'l2reg grid', run['eval_seconds'] - net_seconds
+      else:
+        recipe = next(iter(cells.values()))['recipe_name']
+        seconds = sum(r['seconds'] for r in cells.values()
+                      if r['method'] != 'full_data')
+      diff = differences.get(evaluator, {})
+      ior = ' / '.join(f'{100 * diff[k]:+.1f}' if k in diff else '—'
+                       for k in ('ior_soft', 'ior_hard'))
+      hlr = f'{100 * diff["hlr"]:+.1f}' if 'hlr' in diff else '—'
+      lines.append(
+          f'| {run["config"]} | {evaluator} | {recipe} | ' + ' | '.join(
+              _cell(cells.get(c[1:])) for c in _COLUMNS) +
+          f' | {ior} | {hlr} | {seconds:.0f} s | '
+          f'{run["train_seconds"]:.0f} s |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(rows: list[dict], path: str) -> bool:
+  """Accuracy against images per class: a panel per dataset and evaluator.
+  Returns False (and draws nothing) without matplotlib."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  panels = {}
+  for run in rows:
+    dataset, _, ipc = run['config'].rpartition('_ipc')
+    for evaluator, cells in evaluator_rows(run).items():
+      panels.setdefault((dataset, evaluator), []).append((int(ipc), cells))
+  datasets = list(dict.fromkeys(d for d, _ in panels))
+  evaluators = list(dict.fromkeys(e for _, e in panels))
+  figure, axes = pyplot.subplots(
+      len(datasets), len(evaluators), squeeze=False,
+      figsize=(4.2 * len(evaluators), 3.4 * len(datasets)))
+  for (dataset, evaluator), points in panels.items():
+    ax = axes[datasets.index(dataset)][evaluators.index(evaluator)]
+    points.sort(key=lambda p: p[0])
+    for color, (header, method, labels) in enumerate(_COLUMNS):
+      series = [(ipc, cells[(method, labels)]) for ipc, cells in points
+                if (method, labels) in cells]
+      if not series:
+        continue
+      x = [ipc for ipc, _ in series]
+      y = [100 * r['test_accuracy'] for _, r in series]
+      err = [100 * r.get('test_accuracy_std', 0) for _, r in series]
+      if method == 'full_data':
+        ax.axhline(y[-1], color='black', linestyle='--', label=header)
+      else:
+        ax.errorbar(x, y, yerr=err, marker='o', capsize=3, label=header,
+                    color=f'C{color}',
+                    linestyle='-' if method == 'distilled' else ':')
+    ax.set_xscale('log')
+    ax.set_xticks([ipc for ipc, _ in points], [str(ipc) for ipc, _ in points])
+    ax.minorticks_off()
+    ax.legend(fontsize=7)
+    ax.set_title(f'{dataset}, {evaluator}')
+    ax.set_xlabel('images per class')
+    ax.set_ylabel('test accuracy (%)')
+    ax.grid(alpha=0.3)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  return True
+
+
 def main(argv):
   extra = argv[1:]
   rows = []
+  for directory in FLAGS.include:
+    with open(os.path.join(directory, 'accuracy.json')) as f:
+      rows += json.load(f)
   for name in FLAGS.configs:
     workdir = os.path.join(os.path.abspath(FLAGS.workdir), name)
     if os.path.exists(workdir):
@@ -46,30 +198,20 @@ def main(argv):
     with open(os.path.join(workdir, 'eval.json')) as f:
       result = json.load(f)
     rows.append({'config': name, 'train_seconds': train_s,
-                 'eval_seconds': eval_s, **result})
+                 'eval_seconds': eval_s, 'commit': _commit(), **result})
     print(json.dumps(rows[-1]), flush=True)
-  machine = f'{platform.processor() or platform.machine()}, ' \
-            f'{os.cpu_count()} CPUs'
-  lines = [f'Machine: {machine}. Test accuracy of the linear model; '
-           'baselines have the same number of images (random real: mean ± '
-           'std over draws).', '',
-           '| config | images | distilled | random real | class means | '
-           'full data | train time | eval time |',
-           '| --- | --- | --- | --- | --- | --- | --- | --- |']
-  for row in rows:
-    acc = {r['method']: r for r in row['table']}
-    cell = lambda m: f'{100 * acc[m]["test_accuracy"]:.2f}%'
-    lines.append(
-        f'| {row["config"]} | {acc["distilled"]["images"]} | '
-        f'{cell("distilled")} | {cell("random_real")} ± '
-        f'{100 * acc["random_real"]["test_accuracy_std"]:.2f} | '
-        f'{cell("class_means")} | {cell("full_data")} | '
-        f'{row["train_seconds"]:.0f} s | {row["eval_seconds"]:.0f} s |')
-  with open(os.path.join(FLAGS.workdir, 'accuracy.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  with open(os.path.join(FLAGS.workdir, 'accuracy.json'), 'w') as f:
+  out = FLAGS.out or FLAGS.workdir
+  os.makedirs(out, exist_ok=True)
+  text = table(rows)
+  with open(os.path.join(out, 'accuracy.md'), 'w') as f:
+    f.write(text)
+  with open(os.path.join(out, 'accuracy.json'), 'w') as f:
     json.dump(rows, f, indent=2)
-  print('\n'.join(lines))
+  png = os.path.join(out, 'accuracy.png')
+  print(text)
+  print(f'Plot: {png}' if plot(rows, png) else
+        'No plot: matplotlib is not installed (pip install -r '
+        'requirements.txt).')
 
 
 if __name__ == '__main__':

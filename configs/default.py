@@ -69,6 +69,43 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.random_draws = 5  # Draws of random real images.
   config.eval.baseline_tol = 1e-4
   config.eval.baseline_maxiter = 2000
+  # Evaluators: linear (the fits above) and networks trained from scratch on
+  # each set, the field's protocol (docs/evaluation.md): convnet | mlp.
+  config.eval.nets = ('linear',)
+  # The networks' recipe: a preset below, named in every row it produces.
+  config.eval.net_preset = 'paper'
+  config.eval.net_presets = ml_collections.ConfigDict({
+      # DC/DSA: ConvNet-3 of width 128 with instance norm, 1000 epochs of
+      # SGD with DSA augmentation ('auto': all transforms, without flip for
+      # one-channel images), mean over 5 networks.
+      'paper': dict(width=128, depth=3, norm='instance', mlp_width=128,
+                    mlp_depth=2, epochs=1000, full_data_epochs=50,
+                    batch_size=256, learning_rate=0.01, momentum=0.9,
+                    weight_decay=5e-4, seeds=5, augment='auto'),
+      # The same protocol, narrower and shorter: the six *_ipcN configs'
+      # ConvNet rows in about half an hour on 2 CPU cores.
+      'cpu': dict(width=32, depth=3, norm='instance', mlp_width=128,
+                  mlp_depth=2, epochs=150, full_data_epochs=2,
+                  batch_size=256, learning_rate=0.01, momentum=0.9,
+                  weight_decay=5e-4, seeds=5, augment='auto'),
+  })
+  # Set, any of these replaces the preset's value (and the rows' recipe
+  # name lists it): net_width, net_depth, net_norm (instance | none), the
+  # MLP's net_mlp_width and net_mlp_depth (hidden layers), net_epochs,
+  # net_full_data_epochs, net_batch_size, net_learning_rate, net_momentum,
+  # net_weight_decay, net_seeds, net_augment ('_'-joined DSA transforms of
+  # color, crop, cutout, flip, scale, rotate; none; auto).
+  for field, kind in (('width', int), ('depth', int), ('norm', str),
+                      ('mlp_width', int), ('mlp_depth', int), ('epochs', int),
+                      ('full_data_epochs', int), ('batch_size', int),
+                      ('learning_rate', float), ('momentum', float),
+                      ('weight_decay', float), ('seeds', int),
+                      ('augment', str)):
+    config.eval[f'net_{field}'] = config_dict.placeholder(kind)
+  # Also train the networks on the whole training split (the ceiling;
+  # costly), caching the row under net_cache_dir (unset: the workdir).
+  config.eval.net_full_data = False
+  config.eval.net_cache_dir = config_dict.placeholder(str)
 
   config.num_steps = 200  # Outer steps.
   config.steps_per_dispatch = 1  # Outer steps per device call (lax.scan).

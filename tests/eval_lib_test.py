@@ -5,6 +5,7 @@ import os
 import tempfile
 
 from absl.testing import absltest
+from absl.testing import parameterized
 import numpy as np
 
 from configs import test as test_config
@@ -14,7 +15,7 @@ from distillation import input_pipeline
 from distillation import train_lib
 
 
-class EvalLibTest(absltest.TestCase):
+class EvalLibTest(parameterized.TestCase):
 
   @classmethod
   def setUpClass(cls):
@@ -22,6 +23,7 @@ class EvalLibTest(absltest.TestCase):
     cls.workdir = tempfile.mkdtemp(dir=absltest.TEST_TMPDIR.value)
     config = test_config.get_config()
     config.eval.random_draws = 3
+    config.distill.learn_labels = True
     train_lib.train_and_evaluate(config, cls.workdir)
 
   def test_table_and_json(self):
@@ -53,6 +55,66 @@ class EvalLibTest(absltest.TestCase):
     self.assertLen(latest['table'], 1)
     with self.assertRaisesRegex(errors.UserError, '--checkpoint=newest'):
       eval_lib.load_distilled(self.workdir, 'newest')
+
+  def test_networks_trained_on_each_set(self):
+    eval_config = test_config.get_config().eval
+    eval_config.nets = ('mlp',)
+    eval_config.net_preset = 'cpu'
+    eval_config.net_mlp_width = 16
+    eval_config.net_mlp_depth = 1
+    eval_config.net_epochs = 3
+    eval_config.net_seeds = 2
+    eval_config.net_full_data = True
+    eval_config.net_full_data_epochs = 1
+    export = os.path.join(self.create_tempdir().full_path, 'set')
+    result = eval_lib.evaluate(self.workdir, export=export,
+                               eval_config=eval_config)
+    self.assertEqual(result['table'][0]['method'], 'distilled')  # linear
+    rows = result['net_table']
+    self.assertEqual([(r['method'], r['labels']) for r in rows], [
+        ('distilled', 'soft'), ('distilled', 'hard'), ('random_real', 'soft'),
+        ('random_real', 'hard'), ('class_means', 'hard'),
+        ('full_data', 'hard')])
+    for row in rows:
+      self.assertEqual(row['evaluator'], 'mlp')
+      self.assertLen(row['per_seed'], 2)
+      self.assertAlmostEqual(row['test_accuracy'], np.mean(row['per_seed']))
+      self.assertEqual(row['recipe']['width'], 16)
+      self.assertStartsWith(row['recipe_name'], 'cpu(')
+    self.assertEqual(rows[-1]['images'], 1337)
+    self.assertEqual(rows[-1]['recipe']['epochs'], 1)
+    (differences,) = result['net_differences']
+    self.assertAlmostEqual(differences['ior_hard'], rows[1]['test_accuracy']
+                           - rows[3]['test_accuracy'])
+    self.assertAlmostEqual(differences['hlr'], rows[5]['test_accuracy']
+                           - rows[1]['test_accuracy'])
+    cached = os.listdir(os.path.join(self.workdir, eval_lib.FULL_DATA_CACHE))
+    self.assertLen(cached, 1)
+    exported = np.load(export + '.npz')
+    np.testing.assert_array_equal(exported['hard_labels'],
+                                  exported['soft_labels'].argmax(-1))
+    self.assertEqual(exported['normalization_std'].shape, (1,))
+    with open(export + '.json') as f:
+      recipes = json.load(f)['recipes']
+    self.assertEqual(recipes['mlp'], rows[0]['recipe'])
+    self.assertEqual(recipes['convnet']['augment'],
+                     'color_crop_cutout_scale_rotate')  # No flip on digits.
+
+  @parameterized.parameters(
+      ('nets', ('linear', 'resnet'), r'config.eval.nets=.*resnet'),
+      ('net_norm', 'batch', r"config.eval.net_norm='batch' is unknown"),
+      ('net_width', 0, r'config.eval.net_width=0 must be at least 1'),
+      ('net_epochs', 0, r'config.eval.net_epochs=0 must be at least 1'),
+      ('net_seeds', 0, r'config.eval.net_seeds=0 must be at least 1'),
+      ('net_augment', 'crop_blur', r'config.eval.net_augment='),
+      ('net_preset', 'gpu', r"config.eval.net_preset='gpu' is unknown"))
+  def test_bad_network_settings_name_the_field(self, field, value, message):
+    config = test_config.get_config()
+    config.eval[field] = value
+    with self.assertRaisesRegex(errors.UserError, message) as raised:
+      eval_lib.evaluators(config)
+      eval_lib.net_recipes(config)
+    self.assertNotIn('\n', str(raised.exception))
 
   def test_export_without_npz_suffix_logs_the_path_written(self):
     export = os.path.join(self.create_tempdir().full_path, 'set')

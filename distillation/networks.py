@@ -1,0 +1,71 @@
+"""The networks that evaluate a distilled set by training on it from scratch.
+
+`ConvNet` is the field's ConvNet (DC, DSA, MTT, DD-Ranking): `depth` blocks of
+[3x3 conv, instance norm, ReLU, 2x2 average pool], then a dense layer. `MLP`
+is a stack of ReLU layers. Both take images (n, height, width, channels).
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+NORMS = ('instance', 'none')
+
+
+class InstanceNorm(nn.Module):
+  """Normalizes each sample's channels over height and width, then applies a
+  learned per-channel scale and bias (GroupNorm with one group a channel)."""
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
+    x = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+    scale = self.param('scale', nn.initializers.ones, (x.shape[-1],))
+    bias = self.param('bias', nn.initializers.zeros, (x.shape[-1],))
+    return x * scale + bias
+
+
+class ConvNet(nn.Module):
+  num_classes: int
+  width: int = 128
+  depth: int = 3
+  norm: str = 'instance'  # instance | none
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for _ in range(self.depth):
+      x = nn.Conv(self.width, (3, 3), padding='SAME')(x)
+      if self.norm == 'instance':
+        x = InstanceNorm()(x)
+      x = nn.relu(x)
+      # A 1-pixel map is not pooled further (8x8 digits reach it at depth 3);
+      # odd sizes round down, as PyTorch's AvgPool2d does.
+      if min(x.shape[1:3]) >= 2:
+        x = avg_pool(x)
+    return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
+
+
+def avg_pool(x: jax.Array) -> jax.Array:
+  """2x2 average pooling, stride 2, an odd last row or column dropped.
+
+  A reshape and a mean rather than nn.avg_pool (a window reduction), which
+  runs slower on CPU.
+  """
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+class MLP(nn.Module):
+  num_classes: int
+  width: int = 128
+  depth: int = 2  # Hidden layers.
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.reshape((x.shape[0], -1))
+    for _ in range(self.depth):
+      x = nn.relu(nn.Dense(self.width)(x))
+    return nn.Dense(self.num_classes)(x)
