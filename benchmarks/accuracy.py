@@ -89,9 +89,10 @@ def full_data_costs(rows: list[dict]) -> set[str]:
 
 
 def table(rows: list[dict]) -> str:
+  commits = ', '.join(dict.fromkeys(r.get('commit', '?') for r in rows))
   machine = (f'{platform.processor() or platform.machine()}, '
              f'{os.cpu_count()} CPUs; jax {metadata.version("jax")}; commit '
-             f'{_commit()}')
+             f'{commits}')
   lines = [f'Machine: {machine}. Test accuracy (%; mean ± std over random '
            'draws or network seeds) of each evaluator trained on each set; '
            'linear: the inner model (distilled with its learned labels). '
@@ -197,7 +198,7 @@ def main(argv):
     with open(os.path.join(workdir, 'eval.json')) as f:
       result = json.load(f)
     rows.append({'config': name, 'train_seconds': train_s,
-                 'eval_seconds': eval_s, 'command_args': extra, **result})
+                 'eval_seconds': eval_s, 'commit': _commit(), **result})
     print(json.dumps(rows[-1]), flush=True)
   out = FLAGS.out or FLAGS.workdir
   os.makedirs(out, exist_ok=True)

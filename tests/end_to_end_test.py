@@ -9,6 +9,10 @@ import sys
 from absl.testing import absltest
 from absl.testing import parameterized
 
+from configs import test as test_config
+from distillation import errors
+from distillation import train_lib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -47,24 +51,32 @@ class EndToEndTest(parameterized.TestCase):
     self.assertBetween(result['test_accuracy'], 0.5, 1.0)
     self.assertTrue(os.path.isfile(export))
 
-  @parameterized.named_parameters(
-      ('dataset', '--config.data.dataset=svhn', 'config.data.dataset'),
-      ('idx_dir', '--config.data.idx_dir=/nonexistent',
-       'config.data.idx_dir'),
-      ('images_per_class', '--config.distill.images_per_class=0',
-       'config.distill.images_per_class'),
-      ('l2reg', '--config.inner.l2reg=0', 'config.inner.l2reg'),
-      ('solver', '--config.inner.solver=newton?', 'config.inner.solver'),
-      ('optimizer', '--config.optimizer.name=adagrad?',
-       'config.optimizer.name'),
-  )
-  def test_bad_config_exits_with_one_line(self, flag, field):
+  def test_bad_config_exits_with_one_line(self):
     workdir = os.path.join(self.create_tempdir().full_path, 'run')
-    extra = ['--config.data.dataset=mnist'] if 'idx_dir' in flag else []
     code, last, _ = run('train.py', '--config=configs/test.py',
-                        f'--workdir={workdir}', *extra, flag)
+                        f'--workdir={workdir}', '--config.data.dataset=svhn')
     self.assertNotEqual(code, 0)
-    self.assertStartsWith(last, f'ERROR: {field}=')
+    self.assertStartsWith(last, 'ERROR: config.data.dataset=')
+    self.assertFalse(os.path.exists(workdir))
+
+  @parameterized.named_parameters(
+      ('idx_dir', 'data.idx_dir', '/nonexistent'),
+      ('images_per_class', 'distill.images_per_class', 0),
+      ('l2reg', 'inner.l2reg', 0.0),
+      ('solver', 'inner.solver', 'newton?'),
+      ('optimizer', 'optimizer.name', 'adagrad?'),
+  )
+  def test_bad_config_names_the_field_and_writes_nothing(self, field, value):
+    """The same path as above without a process each: train.py prints the
+    UserError's message after `ERROR: `."""
+    config = test_config.get_config()
+    if field == 'data.idx_dir':
+      config.data.dataset = 'mnist'
+    section, name = field.split('.')
+    config[section][name] = value
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    with self.assertRaisesRegex(errors.UserError, f'^config.{field}='):
+      train_lib.train_and_evaluate(config, workdir)
     self.assertFalse(os.path.exists(workdir))
 
   def test_misspelt_config_field_is_one_line(self):
