@@ -164,6 +164,13 @@ def evaluators(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return nets
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Checks config.eval, so that train.py fails on it at once rather than
+  eval.py after training."""
+  evaluators(config)
+  net_recipes(config)
+
+
 def net_recipes(config: ml_collections.ConfigDict
                 ) -> dict[str, net_train.Recipe]:
   """The recipe of each network evaluator: config.eval.net_preset's values,

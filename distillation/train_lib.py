@@ -18,6 +18,7 @@ import numpy as np
 
 from distillation import checkpointing
 from distillation import errors
+from distillation import eval_lib
 from distillation import input_pipeline
 from distillation import outer
 from distillation import parallel
@@ -242,6 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   workdirs.check(workdir)
   distiller = outer.Distiller(config)
+  eval_lib.check_config(config)
   train, validation = input_pipeline.load_train_and_validation(config.data)
   _check_loop_config(config, len(train))
   problem = checkpointing.describe_problem(config, distiller.info,

@@ -65,6 +65,8 @@ class EndToEndTest(parameterized.TestCase):
       ('l2reg', 'inner.l2reg', 0.0),
       ('solver', 'inner.solver', 'newton?'),
       ('optimizer', 'optimizer.name', 'adagrad?'),
+      ('evaluator', 'eval.nets', ('linear', 'vit')),
+      ('net_preset', 'eval.net_preset', 'huge'),
   )
   def test_bad_config_names_the_field_and_writes_nothing(self, field, value):
     """The same path as above without a process each: train.py prints the
