@@ -18,6 +18,7 @@ from importlib import metadata
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -144,7 +145,9 @@ def plot(rows: list[dict], path: str) -> bool:
     return False
   panels = {}
   for run in rows:
-    dataset, _, ipc = run['config'].rpartition('_ipc')
+    # fashion_mnist_conv_ipc10_cpu: panel fashion_mnist_conv_cpu, x = 10.
+    match = re.fullmatch(r'(.*)_ipc(\d+)(_\w+)?', run['config'])
+    dataset, ipc = match[1] + (match[3] or ''), match[2]
     for evaluator, cells in evaluator_rows(run).items():
       panels.setdefault((dataset, evaluator), []).append((int(ipc), cells))
   datasets = list(dict.fromkeys(d for d, _ in panels))

@@ -127,8 +127,8 @@ def evaluate(workdir: str, export: str | None = None, which: str = 'best',
   for name in nets:
     if name != 'linear':
       net_table += _net_rows(distiller, recipes[name], name, state.params,
-                             train, test, mean, std, workdir=workdir,
-                             baselines=baselines)
+                             train, validation, test, mean, std,
+                             workdir=workdir, baselines=baselines)
   result = {'step': int(state.step), 'checkpoint': which,
             'test_accuracy': accuracy, 'test_loss': loss, 'table': table,
             'net_table': net_table,
@@ -239,12 +239,14 @@ def net_recipes(config: ml_collections.ConfigDict
 
 def _net_rows(distiller: outer.Distiller, recipe: net_train.Recipe,
               evaluator: str, params: dict[str, jax.Array],
-              train: input_pipeline.Split, test: input_pipeline.Split,
-              mean: np.ndarray, std: np.ndarray, *, workdir: str,
-              baselines: bool) -> list[dict[str, Any]]:
+              train: input_pipeline.Split, validation: input_pipeline.Split,
+              test: input_pipeline.Split, mean: np.ndarray, std: np.ndarray,
+              *, workdir: str, baselines: bool) -> list[dict[str, Any]]:
   """Networks of `recipe` trained on the distilled set (soft labels if it
   learned them, and hard ones) and, with `baselines`, on the baselines of
-  its size (random_real with the distilled set's label vectors too)."""
+  its size (random_real with the distilled set's label vectors too). Each
+  row has the networks' test and validation accuracy: choices between
+  configs go by the latter (benchmarks/tune.py)."""
   info, seeds = distiller.info, recipe.seeds
   trainer = net_train.NetTrainer(recipe, info.image_shape, info.num_classes,
                                  mean, std)
@@ -274,32 +276,38 @@ def _net_rows(distiller: outer.Distiller, recipe: net_train.Recipe,
   rows = []
   for method, labels, set_images, set_targets in sets:
     start = time.time()
-    accuracies = trainer.train_and_test(
-        set_images, set_targets, test.images, test.labels,
-        draws=np.arange(seeds), progress=_progress(
+    trained = trainer.train(
+        set_images, set_targets, draws=np.arange(seeds), progress=_progress(
             distiller.config, f'{evaluator} {method}/{labels}'))
-    rows.append(_net_row(evaluator, recipe, method, labels,
-                         set_images.shape[1], accuracies, time.time() - start))
+    rows.append(_net_row(
+        evaluator, recipe, method, labels, set_images.shape[1],
+        trainer.accuracy(trained, test.images, test.labels),
+        trainer.accuracy(trained, validation.images, validation.labels),
+        time.time() - start))
   if baselines and distiller.config.eval.get('net_full_data'):
     rows.append(_full_data_row(
-        trainer, evaluator, train, test, workdir,
+        trainer, evaluator, train, validation, test, workdir,
         distiller.config.eval.get('net_cache_dir'),
         _progress(distiller.config, f'{evaluator} full_data/hard')))
   return rows
 
 
 def _net_row(evaluator, recipe, method, labels, images, accuracies,
-             seconds) -> dict[str, Any]:
+             validation_accuracies, seconds) -> dict[str, Any]:
   return {'evaluator': evaluator, 'recipe_name': recipe.name,
           'method': method, 'labels': labels, 'images': int(images),
           'test_accuracy': float(np.mean(accuracies)),
           'test_accuracy_std': float(np.std(accuracies)),
           'per_seed': [float(a) for a in accuracies],
+          'validation_accuracy': float(np.mean(validation_accuracies)),
+          'validation_accuracy_std': float(np.std(validation_accuracies)),
           'seconds': float(seconds), 'recipe': recipe.as_dict()}
 
 
 def _full_data_row(trainer: net_train.NetTrainer, evaluator: str,
-                   train: input_pipeline.Split, test: input_pipeline.Split,
+                   train: input_pipeline.Split,
+                   validation: input_pipeline.Split,
+                   test: input_pipeline.Split,
                    workdir: str, cache_dir: str | None,
                    progress) -> dict[str, Any]:
   """Networks trained on the whole training split for
@@ -310,7 +318,8 @@ def _full_data_row(trainer: net_train.NetTrainer, evaluator: str,
                                epochs=trainer.recipe.full_data_epochs)
   digest = hashlib.sha256(json.dumps(recipe.as_dict(),
                                      sort_keys=True).encode())
-  for array in (train.images, train.labels, test.images, test.labels):
+  for array in (train.images, train.labels, validation.images,
+                validation.labels, test.images, test.labels):
     digest.update(np.ascontiguousarray(array).tobytes())
   path = os.path.join(cache_dir or workdir, FULL_DATA_CACHE,
                       f'{evaluator}-{digest.hexdigest()[:16]}.json')
@@ -320,11 +329,12 @@ def _full_data_row(trainer: net_train.NetTrainer, evaluator: str,
       return json.load(f)
   start = time.time()
   targets = np.eye(trainer.num_classes, dtype=np.float32)[train.labels]
-  accuracies = trainer.train_and_test(
-      train.images[None], targets[None], test.images, test.labels,
-      epochs=recipe.epochs, progress=progress)
+  trained = trainer.train(train.images[None], targets[None],
+                          epochs=recipe.epochs, progress=progress)
   row = _net_row(evaluator, recipe, 'full_data', 'hard', len(train),
-                 accuracies, time.time() - start)
+                 trainer.accuracy(trained, test.images, test.labels),
+                 trainer.accuracy(trained, validation.images,
+                                  validation.labels), time.time() - start)
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _write_json(row, path)
@@ -370,12 +380,14 @@ def net_differences(net_table: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def format_net_table(net_table: list[dict[str, Any]],
                      differences: list[dict[str, Any]]) -> str:
   lines = [f'{"evaluator":<9} {"method":<12} {"labels":<6} {"images":>7} '
-           f'{"test accuracy":>17} {"seconds":>8}  recipe']
+           f'{"test accuracy":>17} {"validation":>10} {"seconds":>8}  recipe']
   for row in net_table:
     lines.append(
         f'{row["evaluator"]:<9} {row["method"]:<12} {row["labels"]:<6} '
         f'{row["images"]:>7} {row["test_accuracy"]:>8.4f} ± '
-        f'{row["test_accuracy_std"]:.4f} {row["seconds"]:>8.1f}  '
+        f'{row["test_accuracy_std"]:.4f} '
+        f'{row.get("validation_accuracy", float("nan")):>10.4f} '
+        f'{row["seconds"]:>8.1f}  '
         f'{row["recipe_name"]}')
   names = {'ior_soft': 'IOR (soft)', 'ior_hard': 'IOR (hard)', 'hlr': 'HLR'}
   for entry in differences:

@@ -96,16 +96,22 @@ class NetTrainer:
 
   def train_and_test(
       self, images: np.ndarray, targets: np.ndarray, test_images: np.ndarray,
-      test_labels: np.ndarray, *, draws: Sequence[int] | None = None,
-      epochs: int | None = None, steps_per_call: int | None = None,
-      progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Test accuracy of each seed's network (seeds 0 .. recipe.seeds - 1).
+      test_labels: np.ndarray, **kwargs) -> np.ndarray:
+    """Test accuracy of each seed's network: `train`, then `accuracy`."""
+    return self.accuracy(self.train(images, targets, **kwargs), test_images,
+                         test_labels)
+
+  def train(
+      self, images: np.ndarray, targets: np.ndarray, *,
+      draws: Sequence[int] | None = None, epochs: int | None = None,
+      steps_per_call: int | None = None,
+      progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Trains the networks of seeds 0 .. recipe.seeds - 1; for `accuracy`.
 
     Args:
       images: (sets, n, num_pixels) in [0, 1]; network s trains on set
         draws[s] (default: set 0 for all), e.g. one random draw per seed.
       targets: (sets, n, num_classes), soft or one-hot.
-      test_images, test_labels: the test split, flat images.
       draws: which set each seed trains on.
       epochs: overrides recipe.epochs (the full-data row uses fewer).
       steps_per_call: steps per device call on accelerators (default: about
@@ -138,20 +144,27 @@ class NetTrainer:
       done = stop
       if progress:
         progress(done, total)
-    size = min(_TEST_BATCH, len(test_labels))
+    return nets
+
+  def accuracy(self, nets: dict[str, Any], images: np.ndarray,
+               labels: np.ndarray) -> np.ndarray:
+    """Accuracy of each of `train`'s networks on flat `images`."""
+    size = min(_TEST_BATCH, len(labels))
     correct = 0
-    for start in range(0, len(test_labels), size):
-      images = test_images[start:start + size]
-      labels = test_labels[start:start + size]
-      if len(labels) < size:  # Padded, so one program serves all batches.
-        pad = size - len(labels)
-        images = np.concatenate([images, np.zeros((pad,) + images.shape[1:],
-                                                  images.dtype)])
-        labels = np.concatenate([labels, np.full(pad, -1, labels.dtype)])
+    for start in range(0, len(labels), size):
+      batch_images = images[start:start + size]
+      batch_labels = labels[start:start + size]
+      if len(batch_labels) < size:  # Padded: one program serves all batches.
+        pad = size - len(batch_labels)
+        batch_images = np.concatenate([batch_images, np.zeros(
+            (pad,) + batch_images.shape[1:], batch_images.dtype)])
+        batch_labels = np.concatenate([batch_labels,
+                                       np.full(pad, -1, batch_labels.dtype)])
       correct = correct + self._test(
-          {'images': images.reshape((size,) + self.image_shape),
-           'labels': labels}, nets)
-    return np.asarray(jax.device_get(correct))[:seeds] / len(test_labels)
+          {'images': batch_images.reshape((size,) + self.image_shape),
+           'labels': batch_labels}, nets)
+    return np.asarray(jax.device_get(correct))[:self.recipe.seeds] / len(
+        labels)
 
   def _keys(self, seeds: int) -> jax.Array:
     return jax.vmap(jax.random.PRNGKey)(jnp.arange(seeds))

@@ -79,6 +79,7 @@ class EvalLibTest(parameterized.TestCase):
       self.assertEqual(row['evaluator'], 'mlp')
       self.assertLen(row['per_seed'], 2)
       self.assertAlmostEqual(row['test_accuracy'], np.mean(row['per_seed']))
+      self.assertBetween(row['validation_accuracy'], 0.0, 1.0)
       self.assertEqual(row['recipe']['width'], 16)
       self.assertStartsWith(row['recipe_name'], 'cpu(')
     self.assertEqual(rows[-1]['images'], 1337)

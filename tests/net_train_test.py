@@ -1,6 +1,7 @@
 """Tests of training networks from scratch: learning, and device count."""
 
 from absl.testing import absltest
+import jax
 import ml_collections
 import numpy as np
 
@@ -60,6 +61,27 @@ class NetTrainTest(absltest.TestCase):
     self.assertEqual(one.shape, (3,))
     self.assertGreater(one.min(), 0.3)
     self.assertLen(set(one), 3)  # The seeds differ.
+
+  def test_accuracy_matches_the_networks_predictions(self):
+    recipe = _recipe(model='mlp', width=16, depth=1, epochs=2, seeds=2,
+                     augment=())
+    trainer = net_train.NetTrainer(recipe, (8, 8, 1), 10, self.mean,
+                                   self.std, num_devices=1)
+    targets = np.eye(10, dtype=np.float32)[self.train.labels]
+    nets = trainer.train(self.train.images[None], targets[None])
+    # 700 examples: two calls of 500, the second one padded.
+    images = np.concatenate([self.test.images] * 2)[:700]
+    labels = np.concatenate([self.test.labels] * 2)[:700]
+    model = net_train.make_model(recipe, 10)
+    normalized = (images.reshape(-1, 8, 8, 1) - self.mean) / self.std
+    expected = []
+    for seed in range(2):
+      params = jax.tree.map(lambda x, s=seed: x[0, s], nets['params'])
+      logits = model.apply(params, normalized)
+      expected.append(np.mean(np.argmax(logits, -1) == labels))
+    # Other batch shapes may round differently: allow two flipped ties.
+    np.testing.assert_allclose(trainer.accuracy(nets, images, labels),
+                               expected, atol=2 / 700)
 
 
 if __name__ == '__main__':

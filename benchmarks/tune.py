@@ -1,0 +1,131 @@
+"""Chooses among settings of a config by networks' validation accuracy.
+
+  python benchmarks/tune.py --config=fashion_mnist_conv_ipc1_cpu \
+      --workdir=workdirs/tune --validation_size=5000 \
+      --grid=optimizer.learning_rate=0.01,0.03 --grid=num_steps=300,600 \
+      [-- --config.data.idx_dir=DIR]
+
+Each point of the grid (the product of the --grid lists) runs `train.py`
+with `--validation_size` training examples held out, then `eval.py
+--nobaselines`, in its own workdir (a finished one is reused). The choice
+is the point whose distilled set trains the `--evaluator` networks to the
+highest mean accuracy on the held-out examples; the test split is not read
+for it, so the chosen config's test numbers stay held out. The table
+(Markdown) and the results (JSON) land in --out (default: --workdir).
+"""
+
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = flags.FLAGS
+flags.DEFINE_string('config', None, 'A config name under configs/.')
+flags.DEFINE_string('workdir', None, 'Where the runs go.')
+flags.DEFINE_multi_string('grid', [], 'field=v1,v2,...: config values to '
+                          'try; several --grid flags make a product.')
+flags.DEFINE_integer('validation_size', 5000, 'Training examples held out '
+                     'to choose by (config.data.validation_size).')
+flags.DEFINE_string('evaluator', 'convnet', 'The evaluator of config.eval.'
+                    'nets whose validation accuracy decides.')
+flags.DEFINE_string('out', None, 'Where tune_<config>.md and .json go '
+                    '(default: --workdir).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def grid_points(grid: list[str]) -> list[dict[str, str]]:
+  """[{field: value}] for the product of 'field=v1,v2' entries."""
+  axes = []
+  for entry in grid:
+    field, sep, values = entry.partition('=')
+    if not sep or not field or not values:
+      raise app.UsageError(f'--grid={entry}: expected field=v1,v2,...')
+    axes.append([(field, value) for value in values.split(',')])
+  return [dict(point) for point in itertools.product(*axes)]
+
+
+def point_name(point: dict[str, str]) -> str:
+  return '_'.join(f'{field.rpartition(".")[2]}={value}'
+                  for field, value in point.items()) or 'as_is'
+
+
+def choose(results: list[dict], evaluator: str) -> dict:
+  """The result with the best validation accuracy of `evaluator` on the
+  distilled set (soft labels where learned, else hard)."""
+  return max(results, key=lambda r: score(r, evaluator))
+
+
+def score(result: dict, evaluator: str) -> float:
+  rows = {row['labels']: row for row in result['net_table']
+          if row['evaluator'] == evaluator and row['method'] == 'distilled'}
+  if not rows:
+    raise app.UsageError(f'--evaluator={evaluator}: not among the config\'s '
+                         'config.eval.nets; pick one that is.')
+  return (rows.get('soft') or rows['hard'])['validation_accuracy']
+
+
+def _run(args: list[str], log: str) -> None:
+  with open(log, 'a') as f:
+    subprocess.run([sys.executable, *args], cwd=ROOT, check=True, stdout=f,
+                   stderr=subprocess.STDOUT)
+
+
+def main(argv):
+  extra = argv[1:]
+  out = FLAGS.out or FLAGS.workdir
+  os.makedirs(out, exist_ok=True)
+  results = []
+  for point in grid_points(FLAGS.grid):
+    workdir = os.path.join(FLAGS.workdir, FLAGS.config, point_name(point))
+    result_path = os.path.join(workdir, 'eval.json')
+    if not os.path.exists(result_path):
+      os.makedirs(workdir, exist_ok=True)
+      overrides = [f'--config.{k}={v}' for k, v in point.items()] + [
+          f'--config.data.validation_size={FLAGS.validation_size}']
+      log = os.path.join(workdir, 'tune.log')
+      _run(['train.py', f'--config=configs/{FLAGS.config}.py',
+            f'--workdir={workdir}', *overrides, *extra], log)
+      _run(['eval.py', f'--workdir={workdir}', '--nobaselines'], log)
+    with open(result_path) as f:
+      result = json.load(f)
+    results.append({'point': point, 'net_table': result['net_table']})
+    print(f'{point_name(point)}: {score(results[-1], FLAGS.evaluator):.4f}',
+          flush=True)
+  best = choose(results, FLAGS.evaluator)
+  recipe = next(r['recipe_name'] for r in best['net_table']
+                if r['evaluator'] == FLAGS.evaluator)
+  lines = [
+      f'`{FLAGS.config}`: {FLAGS.evaluator} networks ({recipe}) trained on '
+      'each distilled set, mean ± std of their accuracy on '
+      f'{FLAGS.validation_size} held-out training examples (%; the test '
+      f'split is not read). Machine: {platform.machine()}, '
+      f'{os.cpu_count()} CPUs. Command: `python benchmarks/tune.py '
+      f'--config={FLAGS.config} --validation_size={FLAGS.validation_size} ' +
+      ' '.join(f'--grid={g}' for g in FLAGS.grid) + '`.', '',
+      '| setting | distilled, soft | distilled, hard | chosen |',
+      '| --- | --- | --- | --- |']
+  for result in results:
+    cells = {row['labels']: row for row in result['net_table']
+             if row['evaluator'] == FLAGS.evaluator}
+    lines.append(f'| {point_name(result["point"])} | ' + ' | '.join(
+        f'{100 * cells[k]["validation_accuracy"]:.1f} ± '
+        f'{100 * cells[k]["validation_accuracy_std"]:.1f}' if k in cells
+        else '—' for k in ('soft', 'hard')) +
+        f' | {"yes" if result is best else ""} |')
+  with open(os.path.join(out, f'tune_{FLAGS.config}.md'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  with open(os.path.join(out, f'tune_{FLAGS.config}.json'), 'w') as f:
+    json.dump({'config': FLAGS.config, 'evaluator': FLAGS.evaluator,
+               'validation_size': FLAGS.validation_size,
+               'chosen': best['point'], 'results': results}, f, indent=1)
+  print(f'chosen: {point_name(best["point"])}')
+
+
+if __name__ == '__main__':
+  app.run(main)
