@@ -70,6 +70,12 @@ def score(result: dict, evaluator: str) -> float:
   return (rows.get('soft') or rows['hard'])['validation_accuracy']
 
 
+def _portable(arg: str) -> str:
+  """A train.py flag as the table shows it: data directories as DIR."""
+  name, sep, _ = arg.partition('=')
+  return f'{name}=DIR' if sep and name.endswith('_dir') else arg
+
+
 def _run(args: list[str], log: str) -> None:
   with open(log, 'a') as f:
     subprocess.run([sys.executable, *args], cwd=ROOT, check=True, stdout=f,
@@ -94,7 +100,11 @@ def main(argv):
       _run(['eval.py', f'--workdir={workdir}', '--nobaselines'], log)
     with open(result_path) as f:
       result = json.load(f)
-    results.append({'point': point, 'net_table': result['net_table']})
+    # Only what the choice reads: eval.py's test numbers stay out of it.
+    kept = ('evaluator', 'method', 'labels', 'recipe_name',
+            'validation_accuracy', 'validation_accuracy_std')
+    results.append({'point': point, 'net_table': [
+        {k: row[k] for k in kept} for row in result['net_table']]})
     print(f'{point_name(point)}: {score(results[-1], FLAGS.evaluator):.4f}',
           flush=True)
   best = choose(results, FLAGS.evaluator)
@@ -103,11 +113,13 @@ def main(argv):
   lines = [
       f'`{FLAGS.config}`: {FLAGS.evaluator} networks ({recipe}) trained on '
       'each distilled set, mean ± std of their accuracy on '
-      f'{FLAGS.validation_size} held-out training examples (%; the test '
-      f'split is not read). Machine: {platform.machine()}, '
+      f'{FLAGS.validation_size} held-out training examples (%; the choice '
+      f'does not read the test split). Machine: {platform.machine()}, '
       f'{os.cpu_count()} CPUs. Command: `python benchmarks/tune.py '
       f'--config={FLAGS.config} --validation_size={FLAGS.validation_size} ' +
-      ' '.join(f'--grid={g}' for g in FLAGS.grid) + '`.', '',
+      ' '.join(f'--grid={g}' for g in FLAGS.grid) +
+      (' -- ' + ' '.join(_portable(a) for a in extra) if extra else '') +
+      '`.', '',
       '| setting | distilled, soft | distilled, hard | chosen |',
       '| --- | --- | --- | --- |']
   for result in results:
