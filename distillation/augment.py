@@ -34,17 +34,21 @@ SCALE = 1.2
 ROTATE_DEGREES = 15.0
 
 
-def parse_strategy(strategy: str, field: str) -> tuple[str, ...]:
-  """'crop_flip' -> ('crop', 'flip'); '' or 'none' -> (). `field` names the
-  config field in the error message."""
+def parse_strategy(strategy: str, channels: int,
+                   field: str) -> tuple[str, ...]:
+  """'crop_flip' -> ('crop', 'flip'); '' or 'none' -> (); 'auto' -> every
+  transform, without flip for one-channel images (DC/DSA leave it out for
+  digit-like images). `field` names the config field in the error message."""
   if strategy in ('', 'none'):
     return ()
+  if strategy == 'auto':
+    return tuple(t for t in TRANSFORMS if not (channels == 1 and t == 'flip'))
   names = tuple(strategy.split('_'))
   unknown = [n for n in names if n not in TRANSFORMS]
   if unknown:
     raise errors.UserError(
         f'{field}={strategy!r} has unknown transforms {unknown}; join names '
-        f'of {", ".join(TRANSFORMS)} with "_", or use "none".')
+        f'of {", ".join(TRANSFORMS)} with "_", or use "auto" or "none".')
   return names
 
 

@@ -212,13 +212,10 @@ def net_recipes(config: ml_collections.ConfigDict
         f'{fields["momentum"]}={values["momentum"]} and '
         f'{fields["weight_decay"]}={values["weight_decay"]} must be positive, '
         'in [0, 1) and non-negative.')
-  strategy = values['augment']
-  if strategy == 'auto':
-    # DC/DSA leave flip out for one-channel (digit-like) images.
-    one_channel = input_pipeline.dataset_info(config.data).image_shape[-1] == 1
-    strategy = '_'.join(t for t in augment.TRANSFORMS
-                        if not (one_channel and t == 'flip'))
-  transforms = augment.parse_strategy(strategy, fields['augment'])
+  transforms = augment.parse_strategy(
+      values['augment'],
+      input_pipeline.dataset_info(config.data).image_shape[-1],
+      fields['augment'])
   name = preset + (f'({", ".join(changed)})' if changed else '')
   common = dict(name=name, epochs=values['epochs'],
                 full_data_epochs=values['full_data_epochs'],

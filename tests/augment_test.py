@@ -17,7 +17,7 @@ _IMAGES = np.random.default_rng(0).uniform(size=(4, 8, 8, 3)).astype(
 class AugmentTest(parameterized.TestCase):
 
   def test_deterministic_given_the_key(self):
-    transforms = augment.parse_strategy(augment.DSA_STRATEGY, 'strategy')
+    transforms = augment.parse_strategy(augment.DSA_STRATEGY, 3, 'strategy')
     key = jax.random.PRNGKey(3)
     first = augment.augment(key, _IMAGES, transforms)
     np.testing.assert_array_equal(first, augment.augment(key, _IMAGES,
@@ -28,14 +28,20 @@ class AugmentTest(parameterized.TestCase):
 
   def test_identity_when_switched_off(self):
     for strategy in ('', 'none'):
-      self.assertEqual(augment.parse_strategy(strategy, 'f'), ())
+      self.assertEqual(augment.parse_strategy(strategy, 3, 'f'), ())
     np.testing.assert_array_equal(
         augment.augment(jax.random.PRNGKey(0), _IMAGES, ()), _IMAGES)
+
+  def test_auto_is_every_transform_without_flip_on_one_channel(self):
+    self.assertEqual(augment.parse_strategy('auto', 3, 'f'),
+                     augment.TRANSFORMS)
+    self.assertEqual(augment.parse_strategy('auto', 1, 'f'),
+                     ('color', 'crop', 'cutout', 'scale', 'rotate'))
 
   def test_unknown_transform_names_the_field(self):
     with self.assertRaisesRegex(errors.UserError,
                                 r"config.eval.net_augment='crop_blur'"):
-      augment.parse_strategy('crop_blur', 'config.eval.net_augment')
+      augment.parse_strategy('crop_blur', 3, 'config.eval.net_augment')
 
   @parameterized.parameters(*augment.TRANSFORMS)
   def test_differentiable_in_float64(self, name):
