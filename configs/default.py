@@ -44,6 +44,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Learn a temperature of the outer loss (Platt scaling: its logits times
   # exp(log_temperature), starting at 1); the inner fit does not see it.
   config.distill.learn_temperature = False
+  # Differentiable augmentation of the distilled images before the inner fit
+  # of each training step (a new draw per feature network; validation and
+  # eval.py never augment): none | auto (all, without flip on one-channel
+  # images) | '_'-joined DSA transforms of color, crop, cutout, flip, scale,
+  # rotate.
+  config.distill.augment = 'none'
 
   # The inner model: a linear head on features of the images
   # (docs/features.md). pixels: the images themselves (the seed's model) |

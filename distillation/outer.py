@@ -6,10 +6,11 @@ writers live in `train_lib`.
 
 One outer step: solve the inner problem on the distilled set (on its pixels,
 or on the features of the step's random networks, one solve per network:
-docs/features.md), evaluate the cross-entropy of the inner solution W* on
-this device's training shard, sum dLoss/dW* over all devices, and pull that
-cotangent back through the implicit-differentiation rule of the inner solver
-to get the hypergradient.
+docs/features.md; with config.distill.augment, on a random DSA transform of
+the images, drawn anew per network), evaluate the cross-entropy of the inner
+solution W* on this device's training shard, sum dLoss/dW* over all devices,
+and pull that cotangent back through the implicit-differentiation rule of
+the inner solver to get the hypergradient.
 The cotangent is reduced before the implicit backward pass, so the linear
 system of the implicit function theorem is solved once, with the same
 right-hand side on every device, whatever the number of devices.
@@ -26,6 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from distillation import augment
 from distillation import errors
 from distillation import features
 from distillation import inner
@@ -42,6 +44,9 @@ _KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)  # A jax.random.PRNGKey.
 # fold_in(step key, this) draws the step's feature networks: the same on
 # every device (the minibatch keys fold in the device index instead).
 _NETS_STREAM = 2**31 - 1
+# fold_in(step key, this) draws the step's augmentation of the distilled
+# images, the same on every device too.
+_AUGMENT_STREAM = 2**31 - 2
 
 
 class OuterState(flax.struct.PyTreeNode):
@@ -106,6 +111,10 @@ class Distiller:
           f'config.inner.warm_start=True does not fit config.model.features='
           f'{config.model.features!r}: each step draws new feature networks, '
           'so the last solution is no start; set it False.')
+    # Training steps only: validation and eval.py fit on the images as is.
+    self.transforms = augment.parse_strategy(
+        config.distill.get('augment', 'none'), self.info.image_shape[-1],
+        'config.distill.augment')
     num_inputs = (self.info.num_pixels if self.feature_map is None else
                   self.feature_map.num_features)
     self.model = models.LinearClassifier(self.info.num_classes)
@@ -232,10 +241,12 @@ class Distiller:
     return jnp.stack([self.feature_map(net, images) for net in nets])
 
   def fit_inner(self, params: dict[str, jax.Array], init: Any = None,
-                nets: list[Any] | None = None) -> inner.InnerResult:
+                nets: list[Any] | None = None,
+                augment_key: jax.Array | None = None) -> inner.InnerResult:
     """Fits the classifier on the distilled set given by `params`: on its
     pixels, or on the features of each of `nets` (results stacked per net;
-    `init`, if given, too)."""
+    `init`, if given, too). With `augment_key`, on the images transformed
+    by `self.transforms`, drawn from fold_in(augment_key, net index)."""
     l2reg, images, targets = self.hyperparams(params)
     if (nets is None) != (self.feature_map is None):
       raise ValueError('fit_inner needs feature networks exactly when '
@@ -243,16 +254,30 @@ class Distiller:
     if nets is None:
       init = self.inner_init if init is None else init
       init = jax.tree.map(lambda p: jnp.asarray(p, images.dtype), init)
-      return self.solve(init, l2reg, images, targets)
+      return self.solve(init, l2reg, self._augment(images, augment_key, 0),
+                        targets)
     # One solve per net, not a vmap: batched LAPACK calls on CPU can
     # deadlock a small thread pool (see linalg._unstacked).
     results = []
-    for i, net_features in enumerate(self.features(nets, images)):
+    for i, net in enumerate(nets):
       start = self.inner_init if init is None else jax.tree.map(
           lambda p, i=i: p[i], init)
       start = jax.tree.map(lambda p: jnp.asarray(p, images.dtype), start)
+      net_features = self.feature_map(
+          net, self._augment(images, augment_key, i))
       results.append(self.solve(start, l2reg, net_features, targets))
     return jax.tree.map(lambda *x: jnp.stack(x), *results)
+
+  def _augment(self, images: jax.Array, key: jax.Array | None,
+               index: int) -> jax.Array:
+    """Flat `images` under the transform drawn from fold_in(key, index);
+    as they are without a key."""
+    if key is None:
+      return images
+    return augment.augment(
+        jax.random.fold_in(key, index),
+        images.reshape((-1,) + self.info.image_shape),
+        self.transforms).reshape(images.shape)
 
   def _batch_loss(self, inner_params, log_temperature: jax.Array | None,
                   batch_features: jax.Array | None, batch: Batch):
@@ -288,18 +313,20 @@ class Distiller:
 
   def loss_and_hypergradient(
       self, params: dict[str, jax.Array], batch: Batch, init: Any = None,
-      nets: list[Any] | None = None
+      nets: list[Any] | None = None, augment_key: jax.Array | None = None
   ) -> tuple[dict[str, jax.Array], Metrics, Any]:
     """Outer loss over `batch` on all devices and its gradient wrt `params`.
 
     Runs under `parallel.pmap` (collectives on AXIS). `nets`: the feature
-    networks (the same on every device), for features other than pixels.
+    networks (the same on every device), for features other than pixels;
+    `augment_key`: that of the distilled images' augmentation (the same on
+    every device too), or None.
     Returns the hypergradient, the step's metrics and the inner solution
     (stacked per net with features).
     """
 
     def inner_solution(params):
-      result = self.fit_inner(params, init, nets)
+      result = self.fit_inner(params, init, nets, augment_key)
       return result.params, (result.iterations, result.error)
 
     inner_params, pullback, (iterations, error) = jax.vjp(
@@ -338,7 +365,8 @@ class Distiller:
     grads, metrics, inner_params = self.loss_and_hypergradient(
         state.params, batch,
         state.inner_params if self.config.inner.warm_start else None,
-        self.draw_nets(jax.random.fold_in(key, _NETS_STREAM)))
+        self.draw_nets(jax.random.fold_in(key, _NETS_STREAM)),
+        jax.random.fold_in(key, _AUGMENT_STREAM) if self.transforms else None)
     if self.feature_map is not None:
       inner_params = state.inner_params
     updates, opt_state = self.optimizer.update(grads, state.opt_state,

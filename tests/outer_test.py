@@ -8,6 +8,7 @@ import numpy as np
 import scipy.special
 
 from configs import test as test_config
+from distillation import augment
 from distillation import errors
 from distillation import input_pipeline
 from distillation import outer
@@ -224,13 +225,28 @@ class OuterTest(parameterized.TestCase):
       ('schedule', 'optimizer.schedule', 'linear?'),
       ('dataset', 'data.dataset', 'imagenet'),
       ('features', 'model.features', 'resnet?'),
+      ('augment', 'distill.augment', 'crop_blur'),
   )
   def test_bad_config_is_reported_by_field(self, field, value):
     config = _config()
     section, name = field.split('.')
     config[section][name] = value
-    with self.assertRaisesRegex(errors.UserError, f'config.{field}='):
+    with self.assertRaisesRegex(errors.UserError, f'^config.{field}=[^\n]*$'):
       outer.Distiller(config)
+
+  def test_only_training_steps_augment(self):
+    train = parallel.shard_split(_train_split(_config(), 100), 1)
+    steps, evals = [], []
+    for strategy in ('none', 'crop'):
+      config = _config()
+      config.distill.augment = strategy
+      distiller = outer.Distiller(config)
+      state = distiller.init_state(jax.random.PRNGKey(0))
+      steps.append(_pmap_on(1, lambda s, b, d=distiller: d.train_steps(
+          s, b, num_steps=1))(state, train)[0].params['images'])
+      evals.append(_pmap_on(1, distiller.eval_step)(state.params, train))
+    self.assertFalse(np.array_equal(steps[0], steps[1]))
+    np.testing.assert_array_equal(evals[0]['loss'], evals[1]['loss'])
 
 
 if __name__ == '__main__':
@@ -258,6 +274,9 @@ def _logistic_regression(features, targets, l2reg, iterations=30):
   return w
 
 
+_SOLVERS = (('gradient_descent', 'cg'), ('lbfgs', 'cg'), ('newton', 'direct'))
+
+
 def _feature_config(features, solver, implicit_solve, **inner):
   """A tiny random-feature problem with every outer parameter learned."""
   config = _config(solver=solver, implicit_solve=implicit_solve, **inner)
@@ -272,37 +291,58 @@ def _feature_config(features, solver, implicit_solve, **inner):
 class FeatureOuterTest(parameterized.TestCase):
   """The outer step with random conv and mlp features."""
 
-  @parameterized.product(features=('conv', 'mlp'),
-                         solver=(('gradient_descent', 'cg'), ('lbfgs', 'cg'),
-                                 ('newton', 'direct')))
+  @parameterized.named_parameters(
+      [(f'{features}_{solver[0]}', features, solver, 'none')
+       for features in ('conv', 'mlp') for solver in _SOLVERS] +
+      # Augmentation acts before the solver; one solver (of the cheapest
+      # compile) covers its gradient.
+      [('conv_newton_augmented', 'conv', ('newton', 'direct'), 'crop_scale')])
   def test_hypergradient_matches_finite_differences_cold_and_warm(
-      self, features, solver):
+      self, features, solver, strategy):
     # A tight tol: the finite differences divide the solutions' errors by
     # eps.
     config = _feature_config(features, *solver, tol=1e-12, maxiter=5000,
                              implicit_tol=1e-12)
+    config.distill.augment = strategy
     train = _train_split(config, 101)
     with jax.enable_x64(True):
       distiller, params, shard = _float64_problem(config, train)
       # A non-trivial temperature, so its gradient is tested too.
       params['log_temperature'] = jnp.asarray(0.5, jnp.float64)
       nets = distiller.draw_nets(jax.random.PRNGKey(3))
+      # This key draws scale for one net and crop for the other.
+      augment_key = None if strategy == 'none' else jax.random.PRNGKey(1)
       pmapped = _pmap_on(1, lambda p_init, b: (
-          distiller.loss_and_hypergradient(p_init[0], b, p_init[1], nets)))
+          distiller.loss_and_hypergradient(p_init[0], b, p_init[1], nets,
+                                           augment_key)))
       step = lambda init: pmapped((params, init), shard)
       grads, metrics, solution = step(None)
 
       # An independent outer loss: each net's head fit by a NumPy Newton
-      # solve on its features; the mean over nets of the tempered mean
-      # cross-entropy on the batch.
-      phi = jax.jit(lambda images: distiller.features(nets, images))
-      batch_features = np.asarray(phi(train.images.astype(np.float64)))
+      # solve on its features of the images (net i's augmented with the
+      # draw of fold_in(augment_key, i)); the mean over nets of the tempered
+      # mean cross-entropy on the batch.
+      shape = (-1,) + distiller.info.image_shape
+      transforms = augment.parse_strategy(strategy, shape[-1], 'strategy')
+
+      def augmented(images, i):
+        if augment_key is None:
+          return images
+        return augment.augment(jax.random.fold_in(augment_key, i),
+                               images.reshape(shape), transforms).reshape(
+                                   images.shape)
+
+      head_phi = jax.jit(lambda images: jnp.stack([
+          distiller.feature_map(net, augmented(images, i))
+          for i, net in enumerate(nets)]))
+      batch_features = np.asarray(distiller.features(
+          nets, train.images.astype(np.float64)))
 
       def outer_loss(params):
         l2reg, images, targets = (np.asarray(x) for x in
                                   distiller.hyperparams(params))
         total = 0.0
-        for head_features, features in zip(np.asarray(phi(images)),
+        for head_features, features in zip(np.asarray(head_phi(images)),
                                            batch_features):
           w = _logistic_regression(head_features, targets, l2reg)
           logits = features @ w * np.exp(params['log_temperature'])
@@ -313,18 +353,21 @@ class FeatureOuterTest(parameterized.TestCase):
       np.testing.assert_allclose(metrics['loss'], outer_loss(params),
                                  rtol=1e-9)
       _check_directional_derivatives(grads, params, outer_loss, 2)
-      # Warm: from each net's solution, exact and perturbed.
-      for start in (solution, jax.tree.map(lambda x: x * 1.01, solution)):
-        warm, _, _ = step(start)
-        for name in grads:
-          np.testing.assert_allclose(warm[name], grads[name], rtol=1e-6,
-                                     atol=1e-10)
+      # Warm: from each net's solution, exact and perturbed; without
+      # augmentation only, as a start does not touch the images.
+      if augment_key is None:
+        for start in (solution, jax.tree.map(lambda x: x * 1.01, solution)):
+          warm, _, _ = step(start)
+          for name in grads:
+            np.testing.assert_allclose(warm[name], grads[name], rtol=1e-6,
+                                       atol=1e-10)
 
   def test_four_devices_equal_one_device(self):
     if jax.local_device_count() < 4:
       self.skipTest('needs 4 devices: run under pytest (tests/conftest.py '
                     'sets XLA_FLAGS=--xla_force_host_platform_device_count=8)')
     config = _feature_config('conv', 'newton', 'direct', tol=1e-5)
+    config.distill.augment = 'crop'  # Its draws too are the same everywhere.
     train = _train_split(config, 203)
     distiller = outer.Distiller(config)
     state = distiller.init_state(jax.random.PRNGKey(0))
@@ -340,8 +383,10 @@ class FeatureOuterTest(parameterized.TestCase):
                                  one_state.params[name], rtol=1e-4, atol=1e-6)
 
   def test_steps_depend_only_on_the_state(self):
-    # What makes resume bit-exact: the nets come from fold_in(rng, step).
+    # What makes resume bit-exact: the nets and the augmentation come from
+    # fold_in(rng, step).
     config = _feature_config('mlp', 'newton', 'direct', tol=1e-5)
+    config.distill.augment = 'crop'
     config.data.outer_batch_size = 32
     train = parallel.shard_split(_train_split(config, 100), 1)
     distiller = outer.Distiller(config)
