@@ -96,11 +96,12 @@ class InnerTest(parameterized.TestCase):
 
       # Finite differences need a solution accurate to far below eps; L-BFGS
       # reaches it, accelerated gradient descent stops too early to be used.
-      reference = make_g('lbfgs')
+      # Compiled once for its six calls below.
+      reference = jax.jit(make_g('lbfgs'))
       targets = jax.nn.one_hot(labels, 3, dtype=jnp.float64)
       args = (jnp.float64(0.1), jnp.asarray(images), targets)
-      grads = jax.grad(make_g(solver, implicit_solve), argnums=(0, 1, 2))(
-          *args)
+      grads = jax.jit(jax.grad(make_g(solver, implicit_solve),
+                               argnums=(0, 1, 2)))(*args)
       rng = np.random.default_rng(3)
       for i, arg in enumerate(args):
         direction = rng.normal(size=np.shape(arg))
@@ -137,8 +138,9 @@ class InnerTest(parameterized.TestCase):
       analytic = jnp.vdot(jax.grad(functools.partial(value, solve, exact))(
           jnp.asarray(images)), direction)
       eps = 1e-5
-      numeric = (value(tight, init, images + eps * direction) -
-                 value(tight, init, images - eps * direction)) / (2 * eps)
+      reference = jax.jit(functools.partial(value, tight, init))
+      numeric = (reference(images + eps * direction) -
+                 reference(images - eps * direction)) / (2 * eps)
       np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
 
   def test_bad_config_values(self):

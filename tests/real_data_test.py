@@ -51,11 +51,13 @@ class FashionMnistTest(absltest.TestCase):
     self.assertGreaterEqual(result['test_accuracy'], 0.79)
 
   def test_learned_labels_and_l2reg_beat_the_seed_ceiling(self):
-    """One image per class, learned labels and l2reg (issue 4): > 83%."""
+    """One image per class, learned labels and l2reg: > 83%, above the
+    seed's ceiling, already after 300 of the config's 1000 steps."""
     workdir = os.path.join(self.create_tempdir().full_path, 'run')
     code, last, _ = end_to_end_test.run(
         'train.py', '--config=configs/fashion_mnist_ipc1.py',
-        f'--workdir={workdir}', f'--config.data.idx_dir={find_fashion_mnist()}')
+        f'--workdir={workdir}', f'--config.data.idx_dir={find_fashion_mnist()}',
+        '--config.num_steps=300')
     self.assertEqual(code, 0, last)
     code, last, _ = end_to_end_test.run('eval.py', f'--workdir={workdir}',
                                         '--nobaselines')
