@@ -8,8 +8,8 @@ On Fashion-MNIST-sized random data (no dataset needed), times in one run
 * the network work it cannot avoid: the real minibatch's forward pass through
   the step's networks, and the forward and backward pass of the distilled
   images through them;
-and prints their ratio (the issue's target: at most 1.5) with the machine,
-the jax version and the commit.
+and prints their ratio (docs/features.md; the target is at most 1.5) with
+the machine, the jax version and the commit.
 """
 
 import importlib
@@ -58,7 +58,8 @@ def main(argv):
       (np.arange(n) % info.num_classes).astype(np.int32))
   distiller = outer.Distiller(config)
   state = distiller.init_state(jax.random.PRNGKey(0), train)
-  shard = parallel.put_sharded(train)
+  # One shard, for the one device the step is timed on.
+  shard = jax.tree.map(jnp.asarray, parallel.shard_split(train, 1))
   # The whole new state comes back: returning less would let XLA drop the
   # hypergradient.
   step = jax.pmap(distiller.train_step, axis_name=parallel.AXIS,

@@ -78,8 +78,10 @@ def _portable(arg: str) -> str:
 
 def _run(args: list[str], log: str) -> None:
   with open(log, 'a') as f:
-    subprocess.run([sys.executable, *args], cwd=ROOT, check=True, stdout=f,
-                   stderr=subprocess.STDOUT)
+    code = subprocess.run([sys.executable, *args], cwd=ROOT, stdout=f,
+                          stderr=subprocess.STDOUT, check=False).returncode
+  if code:
+    sys.exit(f'ERROR: {args[0]} exited with {code}; its output is in {log}.')
 
 
 def main(argv):

@@ -383,7 +383,7 @@ def format_net_table(net_table: list[dict[str, Any]],
         f'{row["evaluator"]:<9} {row["method"]:<12} {row["labels"]:<6} '
         f'{row["images"]:>7} {row["test_accuracy"]:>8.4f} ± '
         f'{row["test_accuracy_std"]:.4f} '
-        f'{row.get("validation_accuracy", float("nan")):>10.4f} '
+        f'{row["validation_accuracy"]:>10.4f} '
         f'{row["seconds"]:>8.1f}  '
         f'{row["recipe_name"]}')
   names = {'ior_soft': 'IOR (soft)', 'ior_hard': 'IOR (hard)', 'hlr': 'HLR'}

@@ -117,23 +117,28 @@ def train_validation_split(train: Split, validation_size: int,
 def load_train_and_validation(
     data_config: ml_collections.ConfigDict) -> tuple[Split, Split]:
   """The training and validation splits, preprocessed (`Preprocessing`)."""
-  train, validation = train_validation_split(
-      load_split(data_config, 'train'), data_config.validation_size,
-      data_config.split_seed)
-  preprocess = Preprocessing.fit(data_config, train)
-  return preprocess(train), preprocess(validation)
+  train, validation, _ = _train_validation_preprocessing(data_config)
+  return train, validation
 
 
 def load_train_validation_test(
     data_config: ml_collections.ConfigDict) -> tuple[Split, Split, Split]:
   """As `load_train_and_validation`, and the test split preprocessed the
   same way (with statistics of the training split)."""
+  train, validation, preprocess = _train_validation_preprocessing(data_config)
+  return train, validation, preprocess(load_split(data_config, 'test'))
+
+
+def _train_validation_preprocessing(
+    data_config: ml_collections.ConfigDict
+) -> tuple[Split, Split, 'Preprocessing']:
+  """The preprocessed training and validation splits, and the
+  preprocessing, fit on the former."""
   train, validation = train_validation_split(
       load_split(data_config, 'train'), data_config.validation_size,
       data_config.split_seed)
   preprocess = Preprocessing.fit(data_config, train)
-  return (preprocess(train), preprocess(validation),
-          preprocess(load_split(data_config, 'test')))
+  return preprocess(train), preprocess(validation), preprocess
 
 
 def channel_stats(images: np.ndarray, image_shape: tuple[int, int, int]

@@ -94,13 +94,6 @@ class NetTrainer:
   def num_steps(self, num_examples: int) -> int:
     return self.recipe.epochs * self.schedule(num_examples)[1]
 
-  def train_and_test(
-      self, images: np.ndarray, targets: np.ndarray, test_images: np.ndarray,
-      test_labels: np.ndarray, **kwargs) -> np.ndarray:
-    """Test accuracy of each seed's network: `train`, then `accuracy`."""
-    return self.accuracy(self.train(images, targets, **kwargs), test_images,
-                         test_labels)
-
   def train(
       self, images: np.ndarray, targets: np.ndarray, *,
       draws: Sequence[int] | None = None, epochs: int | None = None,

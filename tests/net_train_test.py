@@ -34,9 +34,8 @@ class NetTrainTest(absltest.TestCase):
     trainer = net_train.NetTrainer(recipe, (8, 8, 1), 10, self.mean,
                                    self.std, num_devices=num_devices)
     targets = np.eye(10, dtype=np.float32)[self.train.labels]
-    return trainer.train_and_test(self.train.images[None], targets[None],
-                                  self.test.images, self.test.labels,
-                                  **kwargs)
+    nets = trainer.train(self.train.images[None], targets[None], **kwargs)
+    return trainer.accuracy(nets, self.test.images, self.test.labels)
 
   def test_trained_networks_beat_chance_widely(self):
     calls = []
