@@ -158,6 +158,26 @@ class OuterTest(parameterized.TestCase):
       self.assertLess(steps[-1], 0.1 * lr)
       self.assertAlmostEqual(max(steps), lr, places=6)
 
+  def test_a_learned_l2reg_below_its_floor_is_projected_onto_it(self):
+    # Whatever the hypergradient does, a step ends with log(l2reg) at or
+    # above log(l2reg_min); far below it and with a tiny learning rate, the
+    # step's own update cannot bring it back, so only the projection can.
+    config = _config()
+    config.distill.learn_l2reg = True
+    config.distill.l2reg_min = 0.05
+    config.optimizer.learning_rate = 1e-3
+    distiller = outer.Distiller(config)
+    state = distiller.init_state(jax.random.PRNGKey(0))
+    floor = np.log(np.float32(config.distill.l2reg_min))
+    state = state.replace(params={**state.params,
+                                  'log_l2reg': jnp.float32(floor - 10.0)})
+    step = _pmap_on(1, lambda s, b: distiller.train_steps(s, b, num_steps=1))
+    state, _ = step(state, parallel.shard_split(_train_split(config, 100), 1))
+    self.assertEqual(float(state.params['log_l2reg']), float(floor))
+    config.distill.l2reg_min = 0.0
+    with self.assertRaisesRegex(errors.UserError, 'config.distill.l2reg_min'):
+      outer.Distiller(config)
+
   def test_eight_devices_equal_one_device(self):
     if jax.local_device_count() < 8:
       self.skipTest('needs 8 devices: run under pytest (tests/conftest.py '

@@ -201,18 +201,6 @@ class TrainLibTest(absltest.TestCase):
       train_lib.train_and_evaluate(config, strict_dir)
     self.assertEmpty(_steps(strict_dir))
 
-  def test_learned_l2reg_stays_at_its_floor(self):
-    config = test_config.get_config()
-    config.distill.learn_l2reg = True
-    config.distill.l2reg_min = config.inner.l2reg  # Binds at once.
-    config.optimizer.learning_rate = 1.0
-    state = train_lib.train_and_evaluate(config, self.create_tempdir().full_path)
-    np.testing.assert_array_equal(state.params['log_l2reg'],
-                                  np.log(np.float32(config.inner.l2reg)))
-    config.distill.l2reg_min = 0.0
-    with self.assertRaisesRegex(errors.UserError, 'config.distill.l2reg_min'):
-      outer.Distiller(config)
-
   def test_bad_loop_config(self):
     workdir = self.create_tempdir().full_path
     for field, value, message in (
