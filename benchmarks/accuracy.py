@@ -6,11 +6,12 @@
       [-- --config.data.idx_dir=DIR --config.eval.nets=linear,convnet \
           --config.eval.net_preset=cpu]
 
-Each --config (as train.py takes it, with its argument) runs `train.py` then `eval.py` (with baselines) in a fresh
-workdir, as a user would. Arguments after `--` go to train.py, so the
-`config.eval` fields there choose the evaluators. The table (Markdown, a
-row per config and evaluator), the raw results (JSON) and a plot of accuracy
-against images per class (PNG, if matplotlib is installed) land in --out
+Each --config (as train.py takes it, with its argument) runs `train.py`
+then `eval.py` (with baselines) in a fresh workdir, as a user would.
+Arguments after `--` go to train.py, so the `config.eval` fields there
+choose the evaluators. The table (Markdown, a row per config and
+evaluator), the raw results (JSON) and a plot of accuracy against images
+per class (PNG, if matplotlib is installed) land in --out
 (default: --workdir); --include adds the rows of earlier runs (e.g. another
 dataset's, which needed other arguments) to the table and the plot.
 """

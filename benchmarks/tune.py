@@ -1,6 +1,7 @@
 """Chooses among settings of a config by networks' validation accuracy.
 
-  python benchmarks/tune.py --config=configs/conv.py:fashion_mnist,ipc=1,size=cpu \
+  python benchmarks/tune.py \
+      --config=configs/conv.py:fashion_mnist,ipc=1,size=cpu \
       --workdir=workdirs/tune --validation_size=5000 \
       --grid=optimizer.learning_rate=0.01,0.03 --grid=num_steps=300,600 \
       [-- --config.data.idx_dir=DIR]
