@@ -5,9 +5,9 @@
 DATASET: mnist, fashion_mnist (TFDS, or MNIST-format idx .gz files via
 `--config.data.idx_dir=DIR`), cifar10 (TFDS) or digits (scikit-learn's 8x8,
 offline; size=cpu only). ipc: distilled images per class, 1, 10 or 50.
-size: paper (the published sizes, untuned; the default) or cpu (narrower,
-fewer networks and steps, and the networks evaluator's cpu preset: minutes
-to an hour on 2 CPU cores).
+size: paper (the papers' sizes, untuned; the default) or cpu (narrower,
+fewer networks and steps, and the networks evaluator's cpu preset, for 2
+CPU cores).
 
 Each step draws fresh random ConvNets and fits the head on their features
 of the distilled images; the outer loss is the cross-entropy on a real
@@ -25,8 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                           ipc=(1, 10, 50), size=('paper', 'cpu'))
   dataset, ipc, cpu = args['dataset'], args['ipc'], args['size'] == 'cpu'
   if dataset == 'digits' and not cpu:
-    raise ValueError(f'{arg!r}: digits runs at size=cpu only (its 1597 '
-                     'training images need no paper-sized run); add ,size=cpu.')
+    raise ValueError(f'{arg!r}: digits has a size=cpu setting only (its '
+                     '8x8 images need no paper-sized run); add ,size=cpu.')
   config = default.get_config()
 
   config.data.dataset = dataset

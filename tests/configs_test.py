@@ -76,7 +76,7 @@ class ConfigsTest(parameterized.TestCase):
       ('conv.py', r"dataset, ipc missing \(no argument\); use "),
       ('conv.py:mnist', r"ipc missing \('mnist'\); use "),
       ('conv.py:mnist,ipc=10,ipc=1', r"'ipc=1' repeats; use "),
-      ('conv.py:digits,ipc=10', r'digits runs at size=cpu only'),
+      ('conv.py:digits,ipc=10', r'digits has a size=cpu setting only'),
       ('linear.py:digits,ipc=10,size=cpu', r"'size=cpu' is not valid; use "
        r'configs/linear.py:DATASET,ipc=\.\.\. where'))
   def test_a_bad_argument_is_one_line_naming_the_valid_ones(self, spec,
