@@ -1,12 +1,14 @@
-"""Tests a distilled set: `python eval.py --workdir=DIR [--export=FILE.npz]`.
+"""Tests a distilled set: `python eval.py --workdir=DIR [--out=FILE.json]
+[--export=FILE.npz]`.
 
 Fits the inner model on the distilled images of the best (by validation
 accuracy) or latest checkpoint, and baselines of the same size, prints their
-test accuracy and loss, and writes them to DIR/eval.json. The evaluators of
-config.eval.nets also train networks from scratch on each set. The
-checkpoint's config says how, unless --config is given, e.g.
+test accuracy and loss, and writes them to DIR/eval.json (or --out). The
+evaluators of config.eval.nets also train networks from scratch on each set.
+The checkpoint's config says how, unless --config is given, e.g.
 `--config=configs/default.py --config.eval.nets=linear,convnet
---config.eval.net_preset=cpu`: then its eval section does.
+--config.eval.net_preset=cpu`: then its eval section does, and --out keeps
+DIR/eval.json as it is.
 """
 
 import json
@@ -22,6 +24,9 @@ from distillation import eval_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'The workdir train.py wrote.')
+flags.DEFINE_string('out', None, 'Write the result (JSON) here instead of '
+                    'to the workdir\'s eval.json: a new file, or an earlier '
+                    'result of eval.py.')
 flags.DEFINE_string('export', None,
                     'Also save the distilled images and labels to this .npz.')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'],
@@ -40,7 +45,7 @@ def main(argv):
   try:
     result = eval_lib.evaluate(
         FLAGS.workdir, FLAGS.export, FLAGS.checkpoint, FLAGS.baselines,
-        FLAGS.config.eval if FLAGS.config else None)
+        FLAGS.config.eval if FLAGS.config else None, out=FLAGS.out)
   except errors.UserError as e:
     sys.exit(f'ERROR: {e}')
   print(json.dumps(result))

@@ -1,15 +1,17 @@
 """Trains and evaluates configs, and tabulates test accuracy and wall time.
 
   python benchmarks/accuracy.py --workdir=workdirs/accuracy \
-      --configs=fashion_mnist_ipc1,fashion_mnist_ipc10 \
+      --config=configs/linear.py:fashion_mnist,ipc=1 \
+      --config=configs/linear.py:fashion_mnist,ipc=10 \
       [-- --config.data.idx_dir=DIR --config.eval.nets=linear,convnet \
           --config.eval.net_preset=cpu]
 
-Each config runs `train.py` then `eval.py` (with baselines) in a fresh
-workdir, as a user would. Arguments after `--` go to train.py, so the
-`config.eval` fields there choose the evaluators. The table (Markdown, a
-row per config and evaluator), the raw results (JSON) and a plot of accuracy
-against images per class (PNG, if matplotlib is installed) land in --out
+Each --config (as train.py takes it, with its argument) runs `train.py`
+then `eval.py` (with baselines) in a fresh workdir, as a user would.
+Arguments after `--` go to train.py, so the `config.eval` fields there
+choose the evaluators. The table (Markdown, a row per config and
+evaluator), the raw results (JSON) and a plot of accuracy against images
+per class (PNG, if matplotlib is installed) land in --out
 (default: --workdir); --include adds the rows of earlier runs (e.g. another
 dataset's, which needed other arguments) to the table and the plot.
 """
@@ -18,7 +20,6 @@ from importlib import metadata
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -29,7 +30,9 @@ from absl import flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where runs and the table go.')
-flags.DEFINE_list('configs', [], 'Config names under configs/.')
+flags.DEFINE_multi_string('config', [], 'A config as train.py takes it, '
+                          'e.g. configs/linear.py:digits,ipc=1; repeat the '
+                          'flag for several.')
 flags.DEFINE_list('include', [], 'Output directories of earlier runs of '
                   'this script whose rows join the table and the plot.')
 flags.DEFINE_string('out', None, 'Where accuracy.md, .json and .png go '
@@ -43,6 +46,23 @@ _COLUMNS = (('distilled, soft', 'distilled', 'soft'),
             ('random real, hard', 'random_real', 'hard'),
             ('class means', 'class_means', 'hard'),
             ('full data', 'full_data', 'hard'))
+
+
+def run_name(spec: str) -> str:
+  """A config's name for its workdir: configs/conv.py:digits,ipc=1,size=cpu
+  -> conv_digits_ipc=1_size=cpu."""
+  path, _, arg = spec.partition(':')
+  stem = os.path.splitext(os.path.basename(path))[0]
+  return '_'.join([stem, *arg.split(',')]) if arg else stem
+
+
+def panel(spec: str) -> tuple[str, int | None]:
+  """(the config without its ipc argument, ipc): a plot's panel and x."""
+  path, _, arg = spec.removeprefix('configs/').partition(':')
+  rest = [a for a in arg.split(',') if a and not a.startswith('ipc=')]
+  ipc = [int(a[4:]) for a in arg.split(',') if a.startswith('ipc=')]
+  return ':'.join([path, ','.join(rest)] if rest else [path]), (
+      ipc[0] if ipc else None)
 
 
 def _run(args: list[str]) -> float:
@@ -84,7 +104,7 @@ def _commit() -> str:
 
 def full_data_costs(rows: list[dict]) -> set[str]:
   """'; dataset evaluator: N s' for each network full-data row."""
-  return {f'; {run["config"].rpartition("_ipc")[0]} {r["evaluator"]}: '
+  return {f'; {panel(run["config"])[0]} {r["evaluator"]}: '
           f'{r["seconds"]:.0f} s' for run in rows
           for r in run.get('net_table', []) if r['method'] == 'full_data'}
 
@@ -127,7 +147,8 @@ def table(rows: list[dict]) -> str:
                        for k in ('ior_soft', 'ior_hard'))
       hlr = f'{100 * diff["hlr"]:+.1f}' if 'hlr' in diff else '—'
       lines.append(
-          f'| {run["config"]} | {evaluator} | {recipe} | ' + ' | '.join(
+          f'| {run["config"].removeprefix("configs/")} | {evaluator} | '
+          f'{recipe} | ' + ' | '.join(
               _cell(cells.get(c[1:])) for c in _COLUMNS) +
           f' | {ior} | {hlr} | {seconds:.0f} s | '
           f'{run["train_seconds"]:.0f} s |')
@@ -145,11 +166,11 @@ def plot(rows: list[dict], path: str) -> bool:
     return False
   panels = {}
   for run in rows:
-    # fashion_mnist_conv_ipc10_cpu: panel fashion_mnist_conv_cpu, x = 10.
-    match = re.fullmatch(r'(.*)_ipc(\d+)(_\w+)?', run['config'])
-    dataset, ipc = match[1] + (match[3] or ''), match[2]
+    # configs/conv.py:fashion_mnist,ipc=10,size=cpu: panel
+    # conv.py:fashion_mnist,size=cpu, x = 10.
+    dataset, ipc = panel(run['config'])
     for evaluator, cells in evaluator_rows(run).items():
-      panels.setdefault((dataset, evaluator), []).append((int(ipc), cells))
+      panels.setdefault((dataset, evaluator), []).append((ipc or 1, cells))
   datasets = list(dict.fromkeys(d for d, _ in panels))
   evaluators = list(dict.fromkeys(e for _, e in panels))
   figure, axes = pyplot.subplots(
@@ -191,11 +212,11 @@ def main(argv):
   for directory in FLAGS.include:
     with open(os.path.join(directory, 'accuracy.json')) as f:
       rows += json.load(f)
-  for name in FLAGS.configs:
-    workdir = os.path.join(os.path.abspath(FLAGS.workdir), name)
+  for name in FLAGS.config:
+    workdir = os.path.join(os.path.abspath(FLAGS.workdir), run_name(name))
     if os.path.exists(workdir):
       raise app.UsageError(f'{workdir} exists; pick a new --workdir.')
-    train_s = _run(['train.py', f'--config=configs/{name}.py',
+    train_s = _run(['train.py', f'--config={name}',
                     f'--workdir={workdir}', *extra])
     eval_s = _run(['eval.py', f'--workdir={workdir}'])
     with open(os.path.join(workdir, 'eval.json')) as f:

@@ -1,6 +1,7 @@
 """The outer step with random conv features against its unavoidable network work.
 
-  python benchmarks/feature_step.py [--config=fashion_mnist_conv_ipc10_cpu]
+  python benchmarks/feature_step.py \
+      [--config=configs/conv.py:fashion_mnist,ipc=10,size=cpu]
 
 On Fashion-MNIST-sized random data (no dataset needed), times in one run
 (medians of many calls, each its own compiled function):
@@ -12,7 +13,6 @@ and prints their ratio (docs/features.md; the target is at most 1.5) with
 the machine, the jax version and the commit.
 """
 
-import importlib
 import os
 import platform
 import subprocess
@@ -23,17 +23,20 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
+# The module itself: the package does not export ConfigFileFlagParser.
+from ml_collections.config_flags import config_flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from distillation import input_pipeline
 from distillation import outer
 from distillation import parallel
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('config', 'fashion_mnist_conv_ipc10_cpu',
-                    'A config module under configs/ with conv features.')
+flags.DEFINE_string('config', 'configs/conv.py:fashion_mnist,ipc=10,size=cpu',
+                    'A config with conv features, as train.py takes it.')
 flags.DEFINE_integer('repeats', 20, 'Timed calls per measurement.')
 
 
@@ -49,7 +52,8 @@ def _time_ms(fn, *args):
 
 def main(argv):
   del argv
-  config = importlib.import_module(f'configs.{FLAGS.config}').get_config()
+  config = config_flags.ConfigFileFlagParser('config').parse(
+      os.path.join(ROOT, FLAGS.config))
   rng = np.random.default_rng(0)
   info = input_pipeline.dataset_info(config.data)
   n = 20_000

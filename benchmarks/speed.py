@@ -20,7 +20,6 @@ On the current machine (DIR holds Fashion-MNIST idx files):
 Writes speed.json and speed.md to --out.
 """
 
-import importlib
 import json
 import os
 import platform
@@ -39,7 +38,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import fashion_mnist
-from configs import fashion_mnist_ipc1
+from configs import linear
 from distillation import input_pipeline
 from distillation import outer
 from distillation import parallel
@@ -152,15 +151,18 @@ def ours(config, train, test, max_steps):
   return trace
 
 
-# Part 1's runs: the seed and this project's configs (module names).
-RUNS = ('seed', 'fashion_mnist', 'fashion_mnist_ipc1')
+# Part 1's runs: the seed and this project's configs (with arguments).
+RUNS = {'seed': None,
+        'configs/fashion_mnist.py': fashion_mnist.get_config,
+        'configs/linear.py:fashion_mnist,ipc=1': lambda: linear.get_config(
+            'fashion_mnist,ipc=1')}
 
 
 def trace_of(run, train, test):
   """(seconds, test accuracy) after each step of `run`, cold then warm."""
   if run == 'seed':
     return seed_reference(train, test, iterations=10 if FLAGS.quick else 50)
-  config = importlib.import_module(f'configs.{run}').get_config()
+  config = RUNS[run]()
   config.data.idx_dir = FLAGS.idx_dir
   return ours(config, train, test, 40 if FLAGS.quick else 150)
 
@@ -198,7 +200,7 @@ def summary(run, traces, target):
     steps = next((i + 1 for i, (_, accuracy) in enumerate(traces[0][0])
                   if accuracy >= target), None)
   return {'run': 'seed (jaxopt GD outer, GD inner)' if run == 'seed'
-                 else f'configs/{run}.py',
+                 else run,
           'steps': steps,
           'cold_s': median(cold), 'cold_s_each': cold, 'warm_s': median(warm),
           'first_step_s': median([trace[0][0][0] for trace in traces])}
@@ -249,7 +251,7 @@ def step_table(train, quick):
   if quick:
     cases = [(1, None, 1), (10, None, 1), (1, 8192, 1)]
   for ipc, batch, per_dispatch in cases:
-    config = fashion_mnist_ipc1.get_config()
+    config = linear.get_config('fashion_mnist,ipc=1')
     config.data.idx_dir = FLAGS.idx_dir
     config.distill.images_per_class = ipc
     config.data.outer_batch_size = batch

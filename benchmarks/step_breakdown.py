@@ -24,7 +24,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import fashion_mnist_ipc1
+from configs import linear
 from distillation import linalg
 from distillation import input_pipeline
 from distillation import outer
@@ -55,7 +55,7 @@ def main(argv):
   rows = []
 
   def config_with(**inner):
-    config = fashion_mnist_ipc1.get_config()
+    config = linear.get_config('fashion_mnist,ipc=1')
     config.distill.images_per_class = FLAGS.images_per_class
     config.distill.image_init = 'real'
     config.inner.update(inner)

@@ -1,6 +1,7 @@
 """Chooses among settings of a config by networks' validation accuracy.
 
-  python benchmarks/tune.py --config=fashion_mnist_conv_ipc1_cpu \
+  python benchmarks/tune.py \
+      --config=configs/conv.py:fashion_mnist,ipc=1,size=cpu \
       --workdir=workdirs/tune --validation_size=5000 \
       --grid=optimizer.learning_rate=0.01,0.03 --grid=num_steps=300,600 \
       [-- --config.data.idx_dir=DIR]
@@ -26,7 +27,8 @@ from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
-flags.DEFINE_string('config', None, 'A config name under configs/.')
+flags.DEFINE_string('config', None, 'A config as train.py takes it, e.g. '
+                    'configs/conv.py:digits,ipc=1,size=cpu.')
 flags.DEFINE_string('workdir', None, 'Where the runs go.')
 flags.DEFINE_multi_string('grid', [], 'field=v1,v2,...: config values to '
                           'try; several --grid flags make a product.')
@@ -34,7 +36,7 @@ flags.DEFINE_integer('validation_size', 5000, 'Training examples held out '
                      'to choose by (config.data.validation_size).')
 flags.DEFINE_string('evaluator', 'convnet', 'The evaluator of config.eval.'
                     'nets whose validation accuracy decides.')
-flags.DEFINE_string('out', None, 'Where tune_<config>.md and .json go '
+flags.DEFINE_string('out', None, 'Where tune_<run_name>.md and .json go '
                     '(default: --workdir).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -48,6 +50,14 @@ def grid_points(grid: list[str]) -> list[dict[str, str]]:
       raise app.UsageError(f'--grid={entry}: expected field=v1,v2,...')
     axes.append([(field, value) for value in values.split(',')])
   return [dict(point) for point in itertools.product(*axes)]
+
+
+def run_name(spec: str) -> str:
+  """A config's name for files: configs/conv.py:digits,ipc=1,size=cpu ->
+  conv_digits_ipc=1_size=cpu."""
+  path, _, arg = spec.partition(':')
+  stem = os.path.splitext(os.path.basename(path))[0]
+  return '_'.join([stem, *arg.split(',')]) if arg else stem
 
 
 def point_name(point: dict[str, str]) -> str:
@@ -90,14 +100,15 @@ def main(argv):
   os.makedirs(out, exist_ok=True)
   results = []
   for point in grid_points(FLAGS.grid):
-    workdir = os.path.join(FLAGS.workdir, FLAGS.config, point_name(point))
+    workdir = os.path.join(FLAGS.workdir, run_name(FLAGS.config),
+                           point_name(point))
     result_path = os.path.join(workdir, 'eval.json')
     if not os.path.exists(result_path):
       os.makedirs(workdir, exist_ok=True)
       overrides = [f'--config.{k}={v}' for k, v in point.items()] + [
           f'--config.data.validation_size={FLAGS.validation_size}']
       log = os.path.join(workdir, 'tune.log')
-      _run(['train.py', f'--config=configs/{FLAGS.config}.py',
+      _run(['train.py', f'--config={FLAGS.config}',
             f'--workdir={workdir}', *overrides, *extra], log)
       _run(['eval.py', f'--workdir={workdir}', '--nobaselines'], log)
     with open(result_path) as f:
@@ -132,9 +143,10 @@ def main(argv):
         f'{100 * cells[k]["validation_accuracy_std"]:.1f}' if k in cells
         else '—' for k in ('soft', 'hard')) +
         f' | {"yes" if result is best else ""} |')
-  with open(os.path.join(out, f'tune_{FLAGS.config}.md'), 'w') as f:
+  name = run_name(FLAGS.config)
+  with open(os.path.join(out, f'tune_{name}.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
-  with open(os.path.join(out, f'tune_{FLAGS.config}.json'), 'w') as f:
+  with open(os.path.join(out, f'tune_{name}.json'), 'w') as f:
     json.dump({'config': FLAGS.config, 'evaluator': FLAGS.evaluator,
                'validation_size': FLAGS.validation_size,
                'chosen': best['point'], 'results': results}, f, indent=1)

@@ -6,13 +6,17 @@ an exclusive `flock` on `<workdir>/train.lock` while it trains. The kernel
 releases it when the process ends in any way (a SIGKILL or a crash
 included), so a lock is never stale; the file itself stays and names the
 last holder. `eval.py` only reads, and takes no lock.
+
+`write_json` writes a result file so that a crash never leaves half of it.
 """
 
 import datetime
 import errno
 import fcntl
+import json
 import os
 import socket
+from typing import Any
 
 from absl import logging
 import jax
@@ -39,6 +43,13 @@ def create(workdir: str) -> None:
     raise errors.UserError(
         f'--workdir={workdir} cannot be created ({e.strerror}); pass a '
         'directory on a writable file system.') from e
+
+
+def write_json(data: dict[str, Any], path: str) -> None:
+  """Writes via a temporary file, so a crash never leaves half a file."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(data, f, indent=2)
+  os.replace(path + '.tmp', path)
 
 
 class Lock:

@@ -69,6 +69,22 @@ class ParseFlagsTest(parameterized.TestCase):
                      f'ERROR: --config={failing} cannot be loaded '
                      '(ValueError: no such setting).')
 
+  def test_config_argument(self):
+    conv = os.path.join(end_to_end_test.ROOT, 'configs', 'conv.py')
+    flag_values = _parse(f'--config={conv}:digits,ipc=1,size=cpu',
+                         '--workdir=w', '--config.num_steps=5')
+    self.assertEqual(flag_values.config.num_steps, 5)
+    error = _parse(f'--config={conv}:bad', '--workdir=w')
+    self.assertRegex(error, f'^ERROR: --config={conv}:bad cannot be loaded '
+                     r"\(ValueError: 'bad' is not valid; use "
+                     r'configs/conv.py:DATASET,.* size one of paper '
+                     r'\(default\), cpu\.\)\.$')
+    self.assertLen(error.splitlines(), 1)
+    error = _parse(f'--config={conv}:digits,ipc=1,size=cpu', '--workdir=w',
+                   '--config.inner.l2rge=1')
+    self.assertEqual(error, 'ERROR: --config.inner.l2rge is not a config '
+                     'field; did you mean --config.inner.l2reg?')
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -1,6 +1,7 @@
-"""Tests that every config loads, is valid, and can be overridden."""
+"""Tests that every config (and argument) loads, is valid, and can be
+overridden."""
 
-import glob
+import itertools
 import os
 
 from absl import flags
@@ -14,8 +15,16 @@ from distillation import input_pipeline
 from distillation import outer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "[!_]*.py"))
-                 if not p.endswith("common.py"))
+DATASETS = ('digits', 'mnist', 'fashion_mnist', 'cifar10')
+# Every config file, with every argument its get_config accepts.
+CONFIGS = [f'configs/{name}.py' for name in (
+    'default', 'test', 'mnist', 'fashion_mnist', 'cifar10')] + [
+        f'configs/linear.py:{dataset},ipc={ipc}'
+        for dataset, ipc in itertools.product(DATASETS, (1, 10, 50))] + [
+            f'configs/conv.py:{dataset},ipc={ipc}' + size
+            for dataset, ipc, size in itertools.product(
+                DATASETS, (1, 10, 50), ('', ',size=paper', ',size=cpu'))
+            if dataset != 'digits' or size == ',size=cpu']
 
 
 def parse(*args):
@@ -32,17 +41,58 @@ def parse(*args):
 class ConfigsTest(parameterized.TestCase):
 
   @parameterized.parameters(*CONFIGS)
-  def test_config_is_valid(self, path):
-    config = parse(f'--config={path}')
+  def test_config_is_valid(self, spec):
+    config = parse(f'--config={ROOT}/{spec}')
     distiller = outer.Distiller(config)
     self.assertGreaterEqual(distiller.num_distilled, 10)
+    dataset, _, ipc = spec.partition(':')[2].partition(',ipc=')
+    if ipc:
+      self.assertEqual(config.data.dataset, dataset)
+      self.assertEqual(config.distill.images_per_class,
+                       int(ipc.partition(',')[0]))
 
-  @parameterized.parameters(('fashion_mnist_conv_ipc1_cpu', 784),
-                            ('cifar10_conv_ipc1_cpu', 3072))
-  def test_tfds_conv_configs_load_and_start(self, name, num_pixels):
+  def test_arguments_choose_the_size_and_the_tuned_schedules(self):
+    paper = parse(f'--config={ROOT}/configs/conv.py:fashion_mnist,ipc=1')
+    cpu = parse(f'--config={ROOT}/configs/conv.py:fashion_mnist,ipc=1,'
+                'size=cpu')
+    self.assertEqual((paper.model.width, paper.num_steps,
+                      paper.eval.net_preset), (128, 4000, 'paper'))
+    self.assertEqual((cpu.model.width, cpu.num_steps, cpu.eval.net_preset),
+                     (64, 600, 'cpu'))
+    # benchmarks/tune/'s choices.
+    self.assertEqual(cpu.optimizer.learning_rate, 0.01)
+    digits = parse(f'--config={ROOT}/configs/conv.py:digits,ipc=1,size=cpu')
+    self.assertEqual((digits.optimizer.learning_rate, digits.num_steps,
+                      digits.model.depth, digits.eval.net_depth),
+                     (0.03, 300, 2, 2))
+    cifar = parse(f'--config={ROOT}/configs/conv.py:cifar10,ipc=50')
+    self.assertEqual((cifar.data.zca, cifar.inner.solver), (True, 'lbfgs'))
+
+  @parameterized.parameters(
+      ('conv.py:bad', r"'bad' is not valid; use configs/conv.py:DATASET,ipc="
+       r'\.\.\.\[,size=\.\.\.\] where DATASET is one of digits, mnist, '
+       r'fashion_mnist, cifar10; ipc one of 1, 10, 50; size one of paper '
+       r'\(default\), cpu\.'),
+      ('conv.py', r"dataset, ipc missing \(no argument\); use "),
+      ('conv.py:mnist', r"ipc missing \('mnist'\); use "),
+      ('conv.py:mnist,ipc=10,ipc=1', r"'ipc=1' repeats; use "),
+      ('conv.py:digits,ipc=10', r'digits has a size=cpu setting only'),
+      ('linear.py:digits,ipc=10,size=cpu', r"'size=cpu' is not valid; use "
+       r'configs/linear.py:DATASET,ipc=\.\.\. where'))
+  def test_a_bad_argument_is_one_line_naming_the_valid_ones(self, spec,
+                                                             message):
+    with self.assertRaises(flags.IllegalFlagValueError) as raised:
+      parse(f'--config={ROOT}/configs/{spec}')
+    # config_flags adds the traceback; the command line shows its last line
+    # (cli_test).
+    last = str(raised.exception).strip().splitlines()[-1]
+    self.assertRegex(last, f'^ValueError: .*{message}')
+
+  @parameterized.parameters(('fashion_mnist', 784), ('cifar10', 3072))
+  def test_tfds_conv_configs_load_and_start(self, dataset, num_pixels):
     # ZCA of CIFAR-10's 3072 pixels (an eigendecomposition of that size) is
     # tested on digits in input_pipeline_test instead.
-    config = parse(f'--config={ROOT}/configs/{name}.py',
+    config = parse(f'--config={ROOT}/configs/conv.py:{dataset},ipc=1,size=cpu',
                    '--config.data.validation_size=10',
                    '--config.data.zca=False')
     with tfds.testing.mock_data(num_examples=100):

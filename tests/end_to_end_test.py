@@ -41,10 +41,12 @@ class EndToEndTest(parameterized.TestCase):
                                                 'distilled_images.png')))
 
     export = os.path.join(workdir, 'distilled.npz')
+    out = os.path.join(os.path.dirname(workdir), 'result.json')
     code, last, stdout = run('eval.py', f'--workdir={workdir}',
-                             f'--export={export}')
+                             f'--export={export}', f'--out={out}')
     self.assertEqual(code, 0, last)
-    with open(os.path.join(workdir, 'eval.json')) as f:
+    self.assertFalse(os.path.exists(os.path.join(workdir, 'eval.json')))
+    with open(out) as f:
       result = json.load(f)
     self.assertEqual(result, json.loads(stdout.strip().splitlines()[-1]))
     self.assertEqual(result['step'], 6)

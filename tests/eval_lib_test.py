@@ -12,6 +12,8 @@ from configs import test as test_config
 from distillation import errors
 from distillation import eval_lib
 from distillation import input_pipeline
+from distillation import linear_eval
+from distillation import net_eval
 from distillation import train_lib
 
 
@@ -89,7 +91,7 @@ class EvalLibTest(parameterized.TestCase):
                            - rows[3]['test_accuracy'])
     self.assertAlmostEqual(differences['hlr'], rows[5]['test_accuracy']
                            - rows[1]['test_accuracy'])
-    cached = os.listdir(os.path.join(self.workdir, eval_lib.FULL_DATA_CACHE))
+    cached = os.listdir(os.path.join(self.workdir, net_eval.FULL_DATA_CACHE))
     self.assertLen(cached, 1)
     exported = np.load(export + '.npz')
     np.testing.assert_array_equal(exported['hard_labels'],
@@ -114,7 +116,7 @@ class EvalLibTest(parameterized.TestCase):
     config.eval[field] = value
     with self.assertRaisesRegex(errors.UserError, message) as raised:
       eval_lib.evaluators(config)
-      eval_lib.net_recipes(config)
+      net_eval.recipes(config)
     self.assertNotIn('\n', str(raised.exception))
 
   def test_export_without_npz_suffix_logs_the_path_written(self):
@@ -125,16 +127,32 @@ class EvalLibTest(parameterized.TestCase):
     self.assertTrue(any(f'to {export}.npz.' in line for line in logs.output),
                     logs.output)
 
-  def test_class_means_of_one_image_per_class_are_the_means(self):
-    split = input_pipeline.Split(
-        np.array([[0., 2.], [2., 4.], [5., 5.], [7., 7.]], np.float32),
-        np.array([0, 0, 1, 1], np.int32))
-    means = eval_lib._class_means(split, 1)
-    np.testing.assert_allclose(means.images, [[1., 3.], [6., 6.]])
-    np.testing.assert_array_equal(means.labels, [0, 1])
-    two = eval_lib._class_means(split, 2)
-    np.testing.assert_allclose(np.sort(two.images, 0),
-                               np.sort(split.images, 0))
+  def test_out_takes_the_result_and_leaves_the_workdirs_alone(self):
+    workdir_result = os.path.join(self.workdir, eval_lib.RESULT_NAME)
+    before = (open(workdir_result).read() if os.path.exists(workdir_result)
+              else None)
+    directory = self.create_tempdir().full_path
+    out = os.path.join(directory, 'second.json')
+    for _ in range(2):  # The second run replaces its own earlier result.
+      result = eval_lib.evaluate(self.workdir, baselines=False, out=out)
+      with open(out) as f:
+        self.assertEqual(json.load(f), result)
+    self.assertEqual(open(workdir_result).read() if os.path.exists(
+        workdir_result) else None, before)
+    precious = self.create_tempfile(content='precious').full_path
+    export = os.path.join(directory, 'set.npz')
+    for bad, message in (
+        (directory, 'is a directory; pass a file'),
+        (os.path.join(directory, 'no', 'r.json'),
+         'its directory does not exist'),
+        (precious, 'exists and is not a result of eval.py'),
+        (os.path.join(directory, 'set.json'), 'a file that --export=')):
+      with self.assertRaisesRegex(errors.UserError,
+                                  f'^--out={bad}.*{message}'):
+        eval_lib.evaluate(self.workdir, export=export, out=bad)
+    with open(precious) as f:
+      self.assertEqual(f.read(), 'precious')
+    self.assertFalse(os.path.exists(export))
 
 
 class FeatureEvalTest(absltest.TestCase):
@@ -160,10 +178,10 @@ class FeatureEvalTest(absltest.TestCase):
     _, validation, test = input_pipeline.load_train_validation_test(
         config.data)
     del validation
-    weights = eval_lib._kernel(distiller.fit_inner(state.params,
-                                                   nets=nets).params)
-    accuracy, _ = eval_lib._test(weights,
-                                 eval_lib._features(distiller, nets, test))
+    weights = linear_eval._kernel(distiller.fit_inner(state.params,
+                                                      nets=nets).params)
+    accuracy, _ = linear_eval._test(
+        weights, linear_eval._features(distiller, nets, test))
     self.assertAlmostEqual(rows['distilled']['test_accuracy'], accuracy,
                            places=5)
 

@@ -55,7 +55,7 @@ class FashionMnistTest(absltest.TestCase):
     seed's ceiling, already after 300 of the config's 1000 steps."""
     workdir = os.path.join(self.create_tempdir().full_path, 'run')
     code, last, _ = end_to_end_test.run(
-        'train.py', '--config=configs/fashion_mnist_ipc1.py',
+        'train.py', '--config=configs/linear.py:fashion_mnist,ipc=1',
         f'--workdir={workdir}', f'--config.data.idx_dir={find_fashion_mnist()}',
         '--config.num_steps=300')
     self.assertEqual(code, 0, last)

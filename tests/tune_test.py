@@ -32,6 +32,11 @@ class TuneTest(absltest.TestCase):
     with self.assertRaises(app.UsageError):
       tune.grid_points(['num_steps'])
 
+  def test_run_name_is_the_config_with_its_argument(self):
+    self.assertEqual(tune.run_name('configs/conv.py:digits,ipc=1,size=cpu'),
+                     'conv_digits_ipc=1_size=cpu')
+    self.assertEqual(tune.run_name('configs/default.py'), 'default')
+
   def test_chooses_by_validation_never_by_test(self):
     results = [_result({'a': '1'}, validation=0.70, test=0.90),
                _result({'a': '2'}, validation=0.80, test=0.60),

@@ -1,0 +1,93 @@
+"""A linear head on random ConvNet features (RFAD; docs/features.md).
+
+  --config=configs/conv.py:DATASET,ipc=N[,size=paper|cpu]
+
+DATASET: mnist, fashion_mnist (TFDS, or MNIST-format idx .gz files via
+`--config.data.idx_dir=DIR`), cifar10 (TFDS) or digits (scikit-learn's 8x8,
+offline; size=cpu only). ipc: distilled images per class, 1, 10 or 50.
+size: paper (the papers' sizes, untuned; the default) or cpu (narrower,
+fewer networks and steps, and the networks evaluator's cpu preset, for 2
+CPU cores).
+
+Each step draws fresh random ConvNets and fits the head on their features
+of the distilled images; the outer loss is the cross-entropy on a real
+minibatch with a learned temperature.
+"""
+
+import ml_collections
+
+from configs import common
+from configs import default
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse_arg('configs/conv.py', arg, defaults={'size': 'paper'},
+                          ipc=(1, 10, 50), size=('paper', 'cpu'))
+  dataset, ipc, cpu = args['dataset'], args['ipc'], args['size'] == 'cpu'
+  if dataset == 'digits' and not cpu:
+    raise ValueError(f'{arg!r}: digits has a size=cpu setting only (its '
+                     '8x8 images need no paper-sized run); add ,size=cpu.')
+  config = default.get_config()
+
+  config.data.dataset = dataset
+  # Held out of the training split to choose by (the test split is not).
+  config.data.validation_size = 200 if dataset == 'digits' else 5000
+  config.data.normalize = True
+  # KIP, FRePo and RCIG whiten CIFAR-10.
+  config.data.zca = dataset == 'cifar10'
+  config.data.outer_batch_size = 256 if cpu else 1024
+
+  # Random ConvNets (Flax's initialization, instance norm) without their
+  # dense layer, new ones each step.
+  config.model.features = 'conv'
+  config.model.width = 64 if cpu else 128
+  # 8x8 digits: two blocks leave 2x2 maps (three would leave 1x1).
+  config.model.depth = 2 if dataset == 'digits' else 3
+  config.model.norm = 'instance'
+  config.model.nets_per_step = 2 if cpu else 4
+
+  config.distill.images_per_class = ipc
+  config.distill.image_init = 'real'
+  config.distill.learn_labels = True
+  config.distill.learn_l2reg = True
+  config.distill.learn_temperature = True
+
+  # Every inner start is cold: the features are new each step.
+  config.inner.warm_start = False
+  config.inner.l2reg = 1e-2
+  if ipc <= 10:
+    # Exact Newton on the Gram matrix of the k * num_classes representer
+    # coefficients.
+    config.inner.solver = 'newton'
+    config.inner.implicit_solve = 'direct'
+    config.inner.tol = 1e-5
+  else:
+    # At 50 images per class that system grows large: L-BFGS, with CG on
+    # the inner Hessian for the implicit gradient.
+    config.inner.solver = 'lbfgs'
+    config.inner.implicit_solve = 'cg'
+    config.inner.tol = 1e-4
+
+  config.optimizer.name = 'adam'
+  config.optimizer.schedule = 'cosine'
+  # size=cpu: rates and step counts chosen by benchmarks/tune.py on held-out
+  # training images (benchmarks/tune/: Fashion-MNIST at 1, 10 and 50 images
+  # per class, which MNIST and CIFAR-10 reuse; digits at 1 and 10).
+  config.optimizer.learning_rate = 0.03
+  config.num_steps = 600 if cpu else 4000
+  if cpu and ipc == 1:
+    if dataset == 'digits':
+      config.num_steps = 300
+    else:
+      config.optimizer.learning_rate = 0.01
+  config.log_every_steps = 10
+  config.eval_every_steps = 50 if cpu else 250
+  config.checkpoint_every_steps = 50 if cpu else 250
+
+  # eval.py: the linear refit and ConvNets trained from scratch
+  # (docs/evaluation.md), of the digits' depth there too.
+  config.eval.nets = ('linear', 'convnet')
+  config.eval.net_preset = 'cpu' if cpu else 'paper'
+  if dataset == 'digits':
+    config.eval.net_depth = 2
+  return config

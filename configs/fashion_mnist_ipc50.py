@@ -1,8 +1,0 @@
-"""Fashion-MNIST, 50 image(s) per class, learned labels and l2reg."""
-
-from configs import common
-from configs import fashion_mnist
-
-
-def get_config():
-  return common.learned_setting(fashion_mnist.get_config(), 50)
