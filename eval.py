@@ -40,8 +40,7 @@ flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  del argv  # cli.parse_flags refuses positional arguments.
   try:
     result = eval_lib.evaluate(
         FLAGS.workdir, FLAGS.export, FLAGS.checkpoint, FLAGS.baselines,

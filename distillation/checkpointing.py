@@ -2,10 +2,11 @@
 
 Each checkpoint step holds two items: `state` (the whole `OuterState`) and
 `meta` (JSON: the config, the state's array shapes, what defines the
-problem, and a SHA-256 of the state's arrays), so `eval.py` needs nothing but
-the workdir, a resume with another dataset or an incompatible config is
-caught before Orbax meets arrays of the wrong shape, and a checkpoint whose
-files changed after the save (a flipped bit) is never restored.
+problem, the validation accuracy, and a SHA-256 of the state's arrays and of
+the rest of the meta), so `eval.py` needs nothing but the workdir, a resume
+with another problem or an incompatible config is refused, and a checkpoint
+whose files changed after the save (a flipped bit, an edited value) is
+never restored.
 """
 
 from collections.abc import Callable, Iterable
@@ -55,41 +56,81 @@ def set_aside_dir(workdir: str, name: str = LATEST) -> str:
 
 
 class ChecksumError(Exception):
-  """A restored state differs from the one saved: its files changed."""
+  """A restored checkpoint differs from the one saved: its files changed."""
+
+
+# The meta's key of the checkpoint's SHA-256 (`checkpoint_digest`). Older
+# checkpoints have `state_sha256` instead: a digest of the arrays alone.
+DIGEST = 'sha256'
+_ARRAYS_DIGEST = 'state_sha256'
+
+
+def _named_leaves(tree: Any) -> dict[str, Any]:
+  """{'params/images': leaf, ...}: the names state_shapes gives."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(path, simple=True, separator='/'): leaf
+          for path, leaf in flat}
 
 
 def state_shapes(state: Any) -> dict[str, list[int]]:
   """{'params/images': [k, p], ...}: what a checkpoint must match."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(state)
-  return {jax.tree_util.keystr(path, simple=True, separator='/'): list(
-      jax.numpy.shape(leaf)) for path, leaf in flat}
+  return {name: list(jax.numpy.shape(leaf))
+          for name, leaf in _named_leaves(state).items()}
 
 
 def digest(arrays: Iterable[np.ndarray]) -> str:
   """SHA-256 of the arrays' dtypes, shapes and bytes, in order."""
   sha = hashlib.sha256()
   for array in arrays:
-    array = np.ascontiguousarray(array)
-    sha.update(f'{array.dtype.str}{array.shape}'.encode())
-    sha.update(array.reshape(-1).view(np.uint8))
+    _update(sha, array)
   return sha.hexdigest()
+
+
+def checkpoint_digest(arrays: dict[str, np.ndarray],
+                      meta: dict[str, Any]) -> str:
+  """SHA-256 of everything a restore trusts: the named arrays (names,
+  dtypes, shapes and bytes, by name) and the canonical JSON of `meta`
+  (sorted keys, without its own DIGEST)."""
+  sha = hashlib.sha256()
+  for name in sorted(arrays):
+    sha.update(name.encode())
+    _update(sha, arrays[name])
+  sha.update(json.dumps({k: v for k, v in meta.items() if k != DIGEST},
+                        sort_keys=True, separators=(',', ':')).encode())
+  return sha.hexdigest()
+
+
+def _update(sha: Any, array: np.ndarray) -> None:
+  array = np.ascontiguousarray(array)
+  sha.update(f'{array.dtype.str}{array.shape}'.encode())
+  sha.update(array.reshape(-1).view(np.uint8))
 
 
 # The config fields that define the distillation problem; with the image
 # shape, the classes and the data itself, a resume must not change them.
+# They include what defines the learned object: the inner model's feature
+# source and its settings (every model.* field) and the head's loss,
+# cross-entropy plus inner.l2reg / 2 times its squared weights.
 PROBLEM_FIELDS = ('data.dataset', 'data.validation_size', 'data.split_seed',
-                  'distill.images_per_class')
+                  'distill.images_per_class', 'inner.l2reg')
+
+
+def _problem_fields(config: dict[str, Any]) -> dict[str, Any]:
+  """PROBLEM_FIELDS and the model.* fields of a config (as a dict)."""
+  flat = flatten_dict(config)
+  return {field: flat.get(field) for field in PROBLEM_FIELDS} | {
+      k: v for k, v in flat.items() if k.startswith('model.')}
 
 
 def describe_problem(config: ml_collections.ConfigDict,
                      info: input_pipeline.DatasetInfo,
                      splits: Iterable[input_pipeline.Split]
                      ) -> dict[str, Any]:
-  """What a checkpoint was distilled from: PROBLEM_FIELDS, the image shape
-  and classes, and a digest of the training and validation splits as loaded
-  (so the same dataset read from another idx_dir compares equal)."""
-  flat = flatten_dict(config.to_dict())
-  problem = {field: flat.get(field) for field in PROBLEM_FIELDS}
+  """What a checkpoint was distilled from: PROBLEM_FIELDS and model.*,
+  the image shape and classes, and a digest of the training and validation
+  splits as loaded (so the same dataset read from another idx_dir compares
+  equal)."""
+  problem = _problem_fields(config.to_dict())
   problem['image_shape'] = list(info.image_shape)
   problem['num_classes'] = info.num_classes
   problem['data_sha256'] = digest(
@@ -155,7 +196,7 @@ class Checkpoints:
 
   def save(self, state: Any, meta: dict[str, Any]) -> None:
     """Saves `state` under its own step (asynchronously, on every process),
-    with the SHA-256 of its arrays added to `meta`.
+    with the SHA-256 of its arrays and `meta` added to `meta`.
 
     A step saved already (by a run that was killed before its next regular
     checkpoint) holds the same state, and is kept.
@@ -163,7 +204,8 @@ class Checkpoints:
     if int(state.step) in self._manager.all_steps():
       return
     state = jax.device_get(state)
-    meta = {**meta, 'state_sha256': digest(jax.tree.leaves(state))}
+    meta = _as_json(meta)  # As it will read back.
+    meta[DIGEST] = checkpoint_digest(_named_leaves(state), meta)
     self._manager.save(
         int(state.step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
@@ -174,26 +216,23 @@ class Checkpoints:
     """Restores the newest checkpoint that can be restored.
 
     Args:
-      make_target: maps a checkpoint's meta to the state to restore into;
-        raises a UserError if the checkpoint does not fit.
+      make_target: maps a checkpoint's meta, once its digest holds, to the
+        state to restore into; raises a UserError if the checkpoint does not
+        fit.
 
     Returns:
       (state as host arrays, meta), or None if no checkpoint restores. A step
-      that fails to restore, or whose arrays do not match the SHA-256 saved
-      with them, is reported with its path and skipped; unless read-only, it
-      is moved to `set_aside_dir`, so it is kept for inspection but neither
-      retried nor in the way of a new save.
+      that fails to restore, or whose arrays and meta do not match the
+      SHA-256 saved with them, is reported with its path and skipped; unless
+      read-only, it is moved to `set_aside_dir`, so it is kept for
+      inspection but neither retried nor in the way of a new save.
     """
     for step in reversed(self.all_steps()):
       try:
-        meta = self._manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore())).meta
-        target = jax.device_get(make_target(meta))
-        state = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target))).state
-        # Checkpoints written before digests were saved have none.
-        if 'state_sha256' in meta and digest(
-            jax.tree.leaves(state)) != meta['state_sha256']:
+        meta, arrays = self._read(step)
+        state = _fill(jax.device_get(make_target(meta)), arrays)
+        if DIGEST not in meta and _ARRAYS_DIGEST in meta and digest(
+            jax.tree.leaves(state)) != meta[_ARRAYS_DIGEST]:
           raise ChecksumError('its arrays differ from those saved (their '
                               'SHA-256 does not match)')
       except errors.UserError:
@@ -208,6 +247,26 @@ class Checkpoints:
       logging.info('Restored checkpoint %s.', self.step_path(step))
       return state, meta
     return None
+
+  def _read(self, step: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A step's meta and named arrays, as saved; checked against their
+    digest, if the step has one."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore(), state=ocp.args.StandardRestore()))
+    meta, arrays = restored.meta, _named_leaves(restored.state)
+    if DIGEST in meta:
+      if checkpoint_digest(arrays, meta) != meta[DIGEST]:
+        raise ChecksumError('its arrays or meta differ from those saved '
+                            '(their SHA-256 does not match)')
+    else:
+      # Written before the digest covered the meta: still restored, so that
+      # a run can go on, with its arrays checked if it has their digest.
+      logging.warning(
+          'Checkpoint %s predates the digest of its meta: its config, '
+          'accuracy and problem record are trusted as they read%s.',
+          self.step_path(step), '' if _ARRAYS_DIGEST in meta else
+          ', and its arrays too')
+    return meta, arrays
 
   def _set_aside(self, step: int) -> None:
     """Moves a step that cannot be restored out of Orbax's sight."""
@@ -234,13 +293,29 @@ class Checkpoints:
     self._manager.close()
 
 
+def _fill(target: Any, arrays: dict[str, np.ndarray]) -> Any:
+  """`target`'s structure with the arrays of the same names, which must
+  have its leaves' shapes and dtypes."""
+  leaves = _named_leaves(target)
+  if leaves.keys() != arrays.keys() or any(
+      np.shape(leaf) != np.shape(arrays[name]) or
+      np.asarray(leaf).dtype != np.asarray(arrays[name]).dtype
+      for name, leaf in leaves.items()):
+    raise ValueError('its arrays do not fit the state: '
+                     f'{state_shapes(arrays)} vs {state_shapes(target)}')
+  return jax.tree.unflatten(jax.tree.structure(target),
+                            [arrays[name] for name in leaves])
+
+
 def check_compatible(meta: dict[str, Any], config: ml_collections.ConfigDict,
                      target: Any, problem: dict[str, Any]) -> None:
   """Raises a UserError if a checkpoint was made for another problem (see
   `describe_problem`) or its arrays do not fit `target`'s shapes, naming
   what differs."""
-  # Checkpoints written before the problem was recorded have none.
-  saved_problem = meta.get('problem', problem)
+  # Checkpoints written before the problem was recorded have none; those
+  # written before some of its fields were, have them in their config.
+  saved_problem = ({**_problem_fields(meta['config']), **meta['problem']}
+                   if 'problem' in meta else problem)
   differences = {
       k: (saved_problem.get(k), problem.get(k))
       for k in sorted(saved_problem.keys() | problem.keys())

@@ -20,13 +20,17 @@ def parse_flags(argv: list[str],
                 flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
   """Parses `argv` into `flag_values`, as `app.run`'s `flags_parser`.
 
-  Returns the remaining arguments; on any mistake, prints one line naming
-  the flag and exits with status 1.
+  Returns the program's name, the only positional argument the entry points
+  take; on any mistake, prints one line naming the flag and exits with
+  status 1.
   """
   try:
     rest = flag_values(argv)
   except Exception as e:  # pylint: disable=broad-except
     sys.exit(f'ERROR: {_config_error(argv, flag_values) or _one_line(e)}')
+  if len(rest) > 1:
+    sys.exit(f'ERROR: unexpected argument {" ".join(rest[1:])!r}; every '
+             'setting is a flag, --name=value (--helpfull lists them).')
   for name in _config_flags(flag_values):
     # A config file that cannot be read only fails when first used.
     if not isinstance(flag_values[name].value, (ml_collections.ConfigDict,

@@ -18,6 +18,18 @@ class DivergedError(UserError):
   """The outer loss or hypergradient stopped being finite."""
 
 
+STOPPED = 'stopped before training started; nothing to save'
+
+
+class Stopped(BaseException):
+  """A SIGTERM came before training started: there is nothing to save, so
+  the run stops at once, and `train.py` exits with status 0.
+
+  Not an Exception: the handlers of failed reads, which set a checkpoint
+  aside as broken, must let it through.
+  """
+
+
 def is_disk_full(error: BaseException) -> bool:
   """Whether `error`, or an error it was raised from, is a full disk.
 

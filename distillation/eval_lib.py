@@ -10,6 +10,7 @@ and exports the set.
 
 import json
 import os
+import tempfile
 from typing import Any
 
 from absl import logging
@@ -76,16 +77,14 @@ def evaluate(workdir: str, export: str | None = None, which: str = 'best',
   The `eval` section of the checkpoint's config says how, unless
   `eval_config` (another config's `eval` section) replaces it.
   """
-  if export and not os.path.isdir(os.path.dirname(os.path.abspath(export))):
-    raise errors.UserError(f'--export={export}: its directory does not exist;'
-                           ' create it or pick another path.')
-  if export and not export.endswith('.npz'):
-    export += '.npz'  # What np.savez would write; logged as written.
+  if export:
+    export = _check_export(export, workdir)
   result_path = _result_path(workdir, out, export)
   distiller, state, which = load_distilled(workdir, which)
   config = distiller.config
   if eval_config is not None:
     config.eval = ml_collections.ConfigDict(eval_config.to_dict())
+  check_config(config)
   nets = evaluators(config)
   recipes = net_eval.recipes(config)
   train, validation, test = input_pipeline.load_train_validation_test(
@@ -175,6 +174,42 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   eval.py after training."""
   evaluators(config)
   net_eval.recipes(config)
+  if config.eval.random_draws < 1:
+    raise errors.UserError(
+        f'config.eval.random_draws={config.eval.random_draws} must be at '
+        'least 1.')
+
+
+def _check_export(export: str, workdir: str) -> str:
+  """The .npz path that --export writes (with the suffix added, as np.savez
+  adds it), once it is known that it and its side .json can be written and
+  are none of the workdir's own files; before anything is written."""
+  path = export if export.endswith('.npz') else export + '.npz'
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise errors.UserError(f'--export={export}: its directory does not exist;'
+                           ' create it or pick another path.')
+  own_file = os.path.realpath(os.path.join(workdir, RESULT_NAME))
+  own_dirs = [os.path.realpath(os.path.join(workdir, name)) + os.sep
+              for name in (checkpointing.LATEST, checkpointing.BEST,
+                           checkpointing.CORRUPT, net_eval.FULL_DATA_CACHE)]
+  for file in (path, path[:-len('.npz')] + '.json'):
+    real = os.path.realpath(file)
+    if real == own_file or real.startswith(tuple(own_dirs)):
+      raise errors.UserError(
+          f'--export={export} would write {file}, which belongs to '
+          f'--workdir={workdir}; pick another path.')
+    if os.path.isdir(file) or (os.path.exists(file) and
+                               not os.access(file, os.W_OK)):
+      raise errors.UserError(f'--export={export}: {file} cannot be '
+                             'overwritten; pick another path.')
+  try:  # Whether the directory takes new files, leaving none behind.
+    tempfile.TemporaryFile(dir=directory).close()
+  except OSError as e:
+    raise errors.UserError(
+        f'--export={export}: no file can be written in {directory} '
+        f'({e.strerror}); pick another path.') from e
+  return path
 
 
 def _export(path: str, distiller: outer.Distiller, l2reg, images, targets,

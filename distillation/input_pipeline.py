@@ -109,6 +109,9 @@ def train_validation_split(train: Split, validation_size: int,
     raise errors.UserError(
         f'config.data.validation_size={validation_size} must be in '
         f'[1, {len(train)}) for a training split of {len(train)} examples.')
+  if seed < 0:
+    raise errors.UserError(f'config.data.split_seed={seed} must be at least '
+                           '0.')
   order = np.random.default_rng(seed).permutation(len(train))
   return train.take(np.sort(order[validation_size:])), train.take(
       np.sort(order[:validation_size]))

@@ -184,19 +184,31 @@ class Distiller:
         (self.num_distilled, self.info.num_pixels), jnp.float32), _KEY)
     return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
 
+  def check_train_split(self, train: input_pipeline.Split) -> None:
+    """Fails if config.distill.image_init draws more images of a class
+    from `train` than it has."""
+    if self.config.distill.image_init == 'noise':
+      return
+    ipc = self.config.distill.images_per_class
+    counts = np.bincount(train.labels, minlength=self.info.num_classes)
+    if counts.min() < ipc:
+      c = int(counts.argmin())
+      raise errors.UserError(
+          f'config.distill.images_per_class={ipc} exceeds the {counts[c]} '
+          f'training images of class {c}, from which config.distill.'
+          f'image_init={self.config.distill.image_init!r} draws; lower it, '
+          'or use image_init=noise.')
+
   def _real_images(self, seed: int,
                    train: input_pipeline.Split | None) -> jax.Array:
     if train is None:
       raise ValueError(f'image_init={self.config.distill.image_init!r} needs '
                        'the training split.')
+    self.check_train_split(train)
     ipc = self.config.distill.images_per_class
     images = []
     for c in range(self.info.num_classes):
       members = np.flatnonzero(train.labels == c)
-      if len(members) < ipc:
-        raise errors.UserError(
-            f'config.distill.images_per_class={ipc} exceeds the '
-            f'{len(members)} training images of class {c}.')
       members = np.random.default_rng([seed, c]).permutation(members)
       if self.config.distill.image_init == 'real':
         images.append(train.images[members[:ipc]])

@@ -205,11 +205,14 @@ class _Preemption:
   Schedulers of TPU and GPU jobs send SIGTERM before they evict a job. With
   several processes, JAX's preemption service catches it on any process and
   picks one dispatch at which all processes save together. With one process,
-  a SIGTERM handler (installed from the main thread) raises a flag.
+  a SIGTERM handler (installed from the main thread) raises a flag once
+  training has started, and before that (data loading, restore) stops the
+  run at once with `errors.Stopped`.
   """
 
   def __init__(self):
     self._multiprocess = jax.process_count() > 1
+    self._started = False
     self._noticed = False
     self._previous_handler = None
     if (not self._multiprocess and
@@ -218,7 +221,13 @@ class _Preemption:
 
   def _notice(self, signum, frame):
     del signum, frame
+    if not self._started:
+      raise errors.Stopped(errors.STOPPED)
     self._noticed = True
+
+  def start(self) -> None:
+    """From now on, a SIGTERM saves the state."""
+    self._started = True
 
   def reached(self, dispatch: int) -> bool:
     """`dispatch` counts this process's dispatches; equal on all processes."""
@@ -239,13 +248,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Distills the configured dataset; resumes from `workdir` if it can.
 
   Returns the final state (or the state saved on preemption), so tests can
-  inspect it.
+  inspect it. A SIGTERM before training starts raises `errors.Stopped`.
   """
+  with _Preemption() as preemption:
+    return _train_and_evaluate(config, workdir, preemption)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        preemption: _Preemption) -> outer.OuterState:
+  # Everything is checked before anything is created in the workdir.
   workdirs.check(workdir)
   distiller = outer.Distiller(config)
   eval_lib.check_config(config)
   train, validation = input_pipeline.load_train_and_validation(config.data)
   _check_loop_config(config, len(train))
+  distiller.check_train_split(train)
   problem = checkpointing.describe_problem(config, distiller.info,
                                            (train, validation))
 
@@ -276,11 +293,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                    int(state.step), config.num_steps)
       return state
     best_accuracy = _best_accuracy(best, resume_target, latest_meta)
-    with _Preemption() as preemption:
-      state = _train(config, workdir, distiller, state, train, validation,
-                     checkpoints=checkpoints, best=best,
-                     best_accuracy=best_accuracy, preemption=preemption,
-                     meta=checkpointing.make_meta(config, state, problem))
+    preemption.start()
+    state = _train(config, workdir, distiller, state, train, validation,
+                   checkpoints=checkpoints, best=best,
+                   best_accuracy=best_accuracy, preemption=preemption,
+                   meta=checkpointing.make_meta(config, state, problem))
   if int(state.step) < config.num_steps:
     logging.warning('Preempted: saved a checkpoint at step %d and stopped; '
                     'run the same command to resume.', int(state.step))

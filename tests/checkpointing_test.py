@@ -1,10 +1,14 @@
 """Tests of the checkpoints: digests, fallbacks, and the resume check."""
 
+import functools
 import glob
+import json
 import os
 from typing import NamedTuple
 
 from absl.testing import absltest
+from absl.testing import parameterized
+import jax
 import ml_collections
 import numpy as np
 
@@ -35,7 +39,17 @@ def _flip_a_byte(step_dir):
     f.write(bytes([byte ^ 0xFF]))
 
 
-class CheckpointsTest(absltest.TestCase):
+def _edit_meta(step_dir, edit):
+  """Changes a value in a step's meta (Orbax writes JSON items as is)."""
+  path = os.path.join(step_dir, 'meta', 'metadata')
+  with open(path) as f:
+    meta = json.load(f)
+  edit(meta)
+  with open(path, 'w') as f:
+    json.dump(meta, f)
+
+
+class CheckpointsTest(parameterized.TestCase):
 
   def test_a_flipped_bit_is_detected_and_the_step_before_is_used(self):
     workdir = self.create_tempdir().full_path
@@ -74,13 +88,79 @@ class CheckpointsTest(absltest.TestCase):
       self.assertEqual(checkpoints.all_steps(), [])
 
 
+  @parameterized.named_parameters(
+      ('best_accuracy', lambda meta: meta.update(validation_accuracy=0.995)),
+      ('config', lambda meta: meta['config'].update(l2reg=0.9)),
+      ('problem_record',
+       lambda meta: meta['problem'].update(validation_size=210)),
+  )
+  def test_an_edited_meta_is_a_broken_step(self, edit):
+    """The digest covers the meta too, so the problem record is only
+    compared once it holds: an edited one is a broken step, not a refusal."""
+    workdir = self.create_tempdir().full_path
+    meta = {'config': {'l2reg': 0.1}, 'problem': {'validation_size': 200},
+            'validation_accuracy': 0.9}
+    with checkpointing.Checkpoints(workdir) as checkpoints:
+      for step in (1, 2):
+        checkpoints.save(_state(step), meta)
+    bad = os.path.join(checkpointing.checkpoint_dir(workdir), '2')
+    _edit_meta(bad, edit)
+
+    def target(saved):
+      if saved['problem'] != meta['problem']:
+        raise errors.UserError('made for another problem')
+      return _state(0)
+
+    with checkpointing.Checkpoints(workdir) as checkpoints:
+      with self.assertLogs(level='ERROR') as logs:
+        state, restored_meta = checkpoints.restore_newest(target)
+      self.assertEqual(checkpoints.all_steps(), [1])
+    self.assertIn(f'Checkpoint {bad} cannot be restored (ChecksumError: its '
+                  'arrays or meta differ', '\n'.join(logs.output))
+    self.assertEqual(int(state.step), 1)
+    self.assertEqual(restored_meta['validation_accuracy'], 0.9)
+    self.assertTrue(os.path.isdir(os.path.join(
+        checkpointing.set_aside_dir(workdir), '2', 'meta')))
+
+  def test_a_checkpoint_from_before_the_meta_digest_restores_with_a_warning(
+      self):
+    """Such a step is used, so that a run can go on; the digest of its
+    arrays, which it has, still catches a flipped bit."""
+    workdir = self.create_tempdir().full_path
+    with checkpointing.Checkpoints(workdir) as checkpoints:
+      for step in (1, 2):
+        checkpoints.save(_state(step), {})
+
+    def as_before(meta, step):  # Such a step's meta: a digest of the arrays.
+      del meta[checkpointing.DIGEST]
+      meta['state_sha256'] = checkpointing.digest(
+          jax.tree.leaves(_state(step)))
+
+    for step in (1, 2):
+      _edit_meta(os.path.join(checkpointing.checkpoint_dir(workdir),
+                              str(step)), functools.partial(as_before,
+                                                            step=step))
+    _flip_a_byte(os.path.join(checkpointing.checkpoint_dir(workdir), '2'))
+    with checkpointing.Checkpoints(workdir, read_only=True) as checkpoints:
+      with self.assertLogs(level='WARNING') as logs:
+        state, _ = checkpoints.restore_newest(lambda meta: _state(0))
+    self.assertEqual(int(state.step), 1)
+    np.testing.assert_array_equal(state.x, _state(1).x)
+    logs = '\n'.join(logs.output)
+    self.assertIn('2 cannot be restored (ChecksumError: its arrays differ',
+                  logs)
+    self.assertIn('1 predates the digest of its meta', logs)
+
+
 class CheckCompatibleTest(absltest.TestCase):
 
   def setUp(self):
     super().setUp()
     self.config = ml_collections.ConfigDict(dict(
         data=dict(dataset='fashion_mnist', validation_size=2, split_seed=0),
-        distill=dict(images_per_class=1), eval=dict(l2reg_grid=(0.1, 0.01))))
+        distill=dict(images_per_class=1), inner=dict(l2reg=0.1),
+        model=dict(features='pixels', width=64),
+        eval=dict(l2reg_grid=(0.1, 0.01))))
     self.info = input_pipeline.DATASETS['fashion_mnist']
     self.data = [input_pipeline.Split(np.zeros((4, 784), np.float32),
                                       np.arange(4))]
@@ -113,6 +193,29 @@ class CheckCompatibleTest(absltest.TestCase):
                                 r'\(data_sha256: \'[0-9a-f]{16}\' in the '
                                 r'checkpoint, \'[0-9a-f]{16}\' now\)'):
       self._check(self.config, data)
+
+  def test_another_model_or_head_loss(self):
+    """They define the learned object, even where the shapes fit."""
+    for field, value, saved in (('model.features', 'conv', "'pixels'"),
+                                ('model.width', 32, '64'),
+                                ('inner.l2reg', 0.9, '0.1')):
+      config = self.config.copy_and_resolve_references()
+      section, name = field.split('.')
+      config[section][name] = value
+      with self.assertRaisesRegex(
+          errors.UserError, f'another problem \\({field}: {saved} in the '
+          f'checkpoint, {value!r} now\\); resume'):
+        self._check(config, self.data)
+
+  def test_a_record_without_the_model_takes_it_from_the_config(self):
+    """Records older than their model.* and inner.l2reg fields."""
+    for field in ('model.features', 'model.width', 'inner.l2reg'):
+      del self.meta['problem'][field]
+    self._check(self.config, self.data)
+    config = self.config.copy_and_resolve_references()
+    config.model.features = 'conv'
+    with self.assertRaisesRegex(errors.UserError, "model.features: 'pixels'"):
+      self._check(config, self.data)
 
   def test_other_shapes_name_the_arrays_and_fields(self):
     config = self.config.copy_and_resolve_references()

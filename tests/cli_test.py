@@ -47,6 +47,8 @@ class ParseFlagsTest(parameterized.TestCase):
       ('misspelt_flag', ['--workdr=w'], r"Unknown command line flag 'workdr'"),
       ('missing_flag', [], r'flag --workdir=None: Flag --workdir must have a '
        'value other than None.'),
+      ('stray_argument', ['--workdir=w', 'extra'],
+       r"unexpected argument 'extra'; every setting is a flag"),
   )
   def test_one_line(self, args, message):
     error = _parse(f'--config={TEST_CONFIG}', *args)

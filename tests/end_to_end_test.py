@@ -3,14 +3,18 @@
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
 
 from configs import test as test_config
 from distillation import errors
+from distillation import input_pipeline
 from distillation import train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,6 +73,8 @@ class EndToEndTest(parameterized.TestCase):
       ('optimizer', 'optimizer.name', 'adagrad?'),
       ('evaluator', 'eval.nets', ('linear', 'vit')),
       ('net_preset', 'eval.net_preset', 'huge'),
+      ('split_seed', 'data.split_seed', -1),
+      ('random_draws', 'eval.random_draws', 0),
   )
   def test_bad_config_names_the_field_and_writes_nothing(self, field, value):
     """The same path as above without a process each: train.py prints the
@@ -82,6 +88,53 @@ class EndToEndTest(parameterized.TestCase):
     with self.assertRaisesRegex(errors.UserError, f'^config.{field}='):
       train_lib.train_and_evaluate(config, workdir)
     self.assertFalse(os.path.exists(workdir))
+
+  def test_more_real_images_per_class_than_the_data_writes_nothing(self):
+    config = test_config.get_config()
+    config.distill.images_per_class = 1000
+    config.distill.image_init = 'real'
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    with self.assertRaisesRegex(errors.UserError,
+                                '^config.distill.images_per_class=1000 '
+                                'exceeds the'):
+      train_lib.train_and_evaluate(config, workdir)
+    self.assertFalse(os.path.exists(workdir))
+
+  def test_sigterm_during_the_imports_stops_with_one_line(self):
+    if not os.path.isfile('/proc/self/status'):
+      self.skipTest('needs /proc/PID/status to see the handler installed')
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    proc = subprocess.Popen(
+        [sys.executable, 'train.py', '--config=configs/test.py',
+         f'--workdir={workdir}'], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not _catches(proc.pid, signal.SIGTERM) and time.time() < deadline:
+      time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    self.assertEqual(proc.returncode, 0, err[-2000:])
+    self.assertEqual(err.strip().splitlines()[-1],
+                     'stopped before training started; nothing to save')
+    self.assertFalse(os.path.exists(workdir))
+
+  def test_sigterm_while_loading_data_stops_and_writes_nothing(self):
+    """train_lib's own handler, from the start of train_and_evaluate."""
+    load = input_pipeline.load_train_and_validation
+    before = signal.getsignal(signal.SIGTERM)
+
+    def load_then_sigterm(data_config):
+      splits = load(data_config)
+      signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+      return splits
+
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    with mock.patch.object(input_pipeline, 'load_train_and_validation',
+                           load_then_sigterm):
+      with self.assertRaisesRegex(errors.Stopped, errors.STOPPED):
+        train_lib.train_and_evaluate(test_config.get_config(), workdir)
+    self.assertFalse(os.path.exists(workdir))
+    self.assertEqual(signal.getsignal(signal.SIGTERM), before)
 
   def test_misspelt_config_field_is_one_line(self):
     workdir = os.path.join(self.create_tempdir().full_path, 'run')
@@ -115,6 +168,13 @@ class EndToEndTest(parameterized.TestCase):
     self.assertNotEqual(code, 0)
     self.assertIn('has no checkpoints', last)
     self.assertEmpty(os.listdir(workdir))
+
+
+def _catches(pid, signum):
+  """Whether process `pid` has a handler for signal `signum` (Linux)."""
+  with open(f'/proc/{pid}/status') as f:
+    caught = next(line for line in f if line.startswith('SigCgt:'))
+  return bool(int(caught.split()[1], 16) >> (signum - 1) & 1)
 
 
 if __name__ == '__main__':

@@ -283,6 +283,13 @@ def _meta(step_dir):
     return json.load(f)
 
 
+def _edit_meta(step_dir, edit):
+  meta = _meta(step_dir)
+  edit(meta)
+  with open(os.path.join(step_dir, 'meta', 'metadata'), 'w') as f:
+    json.dump(meta, f)
+
+
 class CorruptCheckpointTest(absltest.TestCase):
 
   @classmethod
@@ -368,6 +375,64 @@ class CorruptCheckpointTest(absltest.TestCase):
           f'{workdir}, delete or move {aside}.'):
         self._train(workdir)
     self.assertEqual(sorted(os.listdir(aside)), ['2', '4', '6'])
+
+  def test_an_edited_meta_is_a_broken_step_like_any_other(self):
+    """The digest covers the meta: an edited best accuracy or problem
+    record is reported and moved aside, and the newest good step used."""
+    workdir = self._copy_of_trained()
+    latest = os.path.join(checkpointing.checkpoint_dir(workdir), '6')
+    _edit_meta(latest, lambda meta: meta['problem'].update({
+        'data.validation_size': 110}))
+    best_dir = checkpointing.checkpoint_dir(workdir, checkpointing.BEST)
+    (best_step,) = os.listdir(best_dir)
+    best = os.path.join(best_dir, best_step)
+    _edit_meta(best, lambda meta: meta.update(validation_accuracy=0.995))
+
+    with self.assertLogs(level='ERROR') as logs:  # Read-only: moves nothing.
+      _, state, which = eval_lib.load_distilled(workdir, 'best')
+    self.assertEqual((int(state.step), which), (4, 'latest'))
+    for step_dir in (latest, best):
+      self.assertIn(f'Checkpoint {step_dir} cannot be restored (ChecksumError',
+                    '\n'.join(logs.output))
+
+    with self.assertLogs(level='ERROR'):  # Step 4 is the last: no training.
+      state = self._train(workdir, num_steps=4)
+    self.assertEqual(int(state.step), 4)
+    self.assertTrue(os.path.isdir(os.path.join(
+        checkpointing.set_aside_dir(workdir), '6')))
+
+  def test_resume_with_another_model_is_refused(self):
+    """The shapes fit (64 conv features of 8x8 images, as 64 pixels), yet
+    the learned object differs."""
+    workdir = self._copy_of_trained()
+    config = test_config.get_config()
+    config.num_steps = 8
+    config.model.features = 'conv'
+    with self.assertRaisesRegex(
+        errors.UserError, r"another problem \(model.features: 'pixels' in "
+        r"the checkpoint, 'conv' now\); resume"):
+      train_lib.train_and_evaluate(config, workdir)
+    self.assertEqual(sorted(os.listdir(checkpointing.checkpoint_dir(
+        workdir))), ['2', '4', '6'])
+
+  def test_eval_refuses_bad_input_and_writes_nothing(self):
+    workdir = self._copy_of_trained()
+    eval_config = test_config.get_config().eval
+    eval_config.random_draws = 0
+    cases = [
+        # The export's side JSON would be eval.json itself.
+        (dict(export=os.path.join(workdir, 'eval')),
+         f'--export={workdir}/eval would write {workdir}/eval.json, which '
+         'belongs to --workdir'),
+        (dict(eval_config=eval_config), 'config.eval.random_draws=0 must')]
+    if os.path.isdir('/proc/self'):  # Not even root may add files there.
+      cases.append((dict(export='/proc/x.npz'),
+                    '--export=/proc/x.npz: no file can be written in /proc'))
+    for kwargs, message in cases:
+      with self.assertRaisesRegex(errors.UserError, f'^{re.escape(message)}'):
+        eval_lib.evaluate(workdir, baselines=False, **kwargs)
+      self.assertFalse(os.path.exists(os.path.join(workdir,
+                                                   eval_lib.RESULT_NAME)))
 
 
 if __name__ == '__main__':
