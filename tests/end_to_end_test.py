@@ -20,10 +20,18 @@ from distillation import train_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def environment(devices=1, **variables):
+  """os.environ for a subprocess with `devices` CPU devices; the suite's
+  other XLA flags and its compilation cache (tests/conftest.py) stay."""
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count=')]
+  flags.append(f'--xla_force_host_platform_device_count={devices}')
+  return dict(os.environ, XLA_FLAGS=' '.join(flags), **variables)
+
+
 def run(script, *args, devices=1):
   """Runs a repo script; returns (exit code, stderr's last line, stdout)."""
-  env = dict(os.environ, XLA_FLAGS=(
-      f'--xla_force_host_platform_device_count={devices}'))
+  env = environment(devices)
   proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args],
                         cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=600)

@@ -128,15 +128,15 @@ class InnerTest(parameterized.TestCase):
       solve = inner.make_solver(_config(solver, tol=1e-5,
                                         implicit_solve=implicit_solve,
                                         implicit_tol=1e-10), model.apply)
-      exact = tight(init, 0.1, images, targets).params
+      exact = jax.jit(tight)(init, 0.1, images, targets).params
 
       def value(solve, start, images):
         w = solve(start, 0.1, images, targets).params['params']['Dense_0']
         return jnp.sum(w['kernel'] * probe)
 
       direction = np.random.default_rng(3).normal(size=images.shape)
-      analytic = jnp.vdot(jax.grad(functools.partial(value, solve, exact))(
-          jnp.asarray(images)), direction)
+      analytic = jnp.vdot(jax.jit(jax.grad(functools.partial(
+          value, solve, exact)))(jnp.asarray(images)), direction)
       eps = 1e-5
       reference = jax.jit(functools.partial(value, tight, init))
       numeric = (reference(images + eps * direction) -

@@ -38,8 +38,8 @@ LONG_RUN = ('--config=configs/test.py', '--config.num_steps=120',
 def start(workdir, *extra, devices=1, process_id=None, port=None,
           stderr=None):
   """Starts train.py; its stderr goes to a pipe, or to the open file given."""
-  env = dict(os.environ, PYTHONUNBUFFERED='1', PYTHONFAULTHANDLER='1',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env = end_to_end_test.environment(devices, PYTHONUNBUFFERED='1',
+                                    PYTHONFAULTHANDLER='1')
   multihost = [] if port is None else [
       '--multihost', f'--coordinator_address=127.0.0.1:{port}',
       '--num_processes=2', f'--process_id={process_id}']
@@ -170,8 +170,7 @@ class ResilienceTest(absltest.TestCase):
         procs[f'process {i}'] = (subprocess.Popen(
             [sys.executable, '-c', _TWO_MANAGERS, workdir, str(port), str(i)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f,
-            env=dict(os.environ, PYTHONFAULTHANDLER='1',
-                     XLA_FLAGS='--xla_force_host_platform_device_count=1')),
+            env=end_to_end_test.environment(1, PYTHONFAULTHANDLER='1')),
                                  log)
     failure = wait_all(procs, timeout=120)
     self.assertIsNone(failure, failure)
