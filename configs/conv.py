@@ -85,8 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 50 if cpu else 250
 
   # eval.py: the linear refit and ConvNets trained from scratch
-  # (docs/evaluation.md), of the digits' depth there too.
-  config.eval.nets = ('linear', 'convnet')
+  # (docs/evaluation.md), of the digits' depth there too, with the recipe's
+  # augmentation and without it (DD-Ranking's augmentation-robust view).
+  config.eval.nets = ('linear', 'convnet', 'convnet_noaug')
   config.eval.net_preset = 'cpu' if cpu else 'paper'
   if dataset == 'digits':
     config.eval.net_depth = 2

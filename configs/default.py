@@ -98,7 +98,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.baseline_tol = 1e-4
   config.eval.baseline_maxiter = 2000
   # Evaluators: linear (the fits above) and networks trained from scratch on
-  # each set, the field's protocol (docs/evaluation.md): convnet | mlp.
+  # each set, the field's protocol (docs/evaluation.md): convnet | mlp, and
+  # convnet_noaug | mlp_noaug: the same recipe without augmentation.
   config.eval.nets = ('linear',)
   # The networks' recipe: a preset below, named in every row it produces.
   config.eval.net_preset = 'paper'
