@@ -65,6 +65,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.nets_per_step = 2
 
   config.inner = ml_collections.ConfigDict()
+  # The head's loss: logistic (cross-entropy, the seed's) | squared (ridge
+  # regression on the targets, in closed form on the k x k Gram matrix, as
+  # KIP, RFAD, FRePo and RCIG; the solver settings below then play no
+  # part). The outer loss is the cross-entropy either way.
+  config.inner.loss = 'logistic'
   # gradient_descent | lbfgs | newton (linear model only; with direct below).
   config.inner.solver = 'gradient_descent'
   config.inner.tol = 1e-3  # Stop when the gradient norm is below this.

@@ -245,6 +245,7 @@ class OuterTest(parameterized.TestCase):
       ('schedule', 'optimizer.schedule', 'linear?'),
       ('dataset', 'data.dataset', 'imagenet'),
       ('features', 'model.features', 'resnet?'),
+      ('loss', 'inner.loss', 'hinge'),
       ('augment', 'distill.augment', 'crop_blur'),
   )
   def test_bad_config_is_reported_by_field(self, field, value):
@@ -297,6 +298,15 @@ def _logistic_regression(features, targets, l2reg, iterations=30):
 _SOLVERS = (('gradient_descent', 'cg'), ('lbfgs', 'cg'), ('newton', 'direct'))
 
 
+def _ridge_regression(features, targets, l2reg):
+  """argmin_W mean ||features W - targets||^2 / 2 + l2reg / 2 ||W||^2 by
+  least squares on the rows stacked with sqrt(k l2reg) I (NumPy, float64)."""
+  k, d = features.shape
+  stacked = np.concatenate([features, np.sqrt(k * l2reg) * np.eye(d)])
+  padded = np.concatenate([targets, np.zeros((d, targets.shape[1]))])
+  return np.linalg.lstsq(stacked, padded, rcond=None)[0]
+
+
 def _feature_config(features, solver, implicit_solve, **inner):
   """A tiny random-feature problem with every outer parameter learned."""
   config = _config(solver=solver, implicit_solve=implicit_solve, **inner)
@@ -316,13 +326,17 @@ class FeatureOuterTest(parameterized.TestCase):
        for features in ('conv', 'mlp') for solver in _SOLVERS] +
       # Augmentation acts before the solver; one solver (of the cheapest
       # compile) covers its gradient.
-      [('conv_newton_augmented', 'conv', ('newton', 'direct'), 'crop_scale')])
+      [('conv_newton_augmented', 'conv', ('newton', 'direct'), 'crop_scale'),
+       # The squared head (a closed form: the solver plays no part).
+       ('mlp_squared', 'mlp', ('newton', 'direct'), 'none', 'squared')])
   def test_hypergradient_matches_finite_differences_cold_and_warm(
-      self, features, solver, strategy):
+      self, features, solver, strategy, loss='logistic'):
     # A tight tol: the finite differences divide the solutions' errors by
     # eps.
     config = _feature_config(features, *solver, tol=1e-12, maxiter=5000,
-                             implicit_tol=1e-12)
+                             implicit_tol=1e-12, loss=loss)
+    fit_head = {'logistic': _logistic_regression,
+                'squared': _ridge_regression}[loss]
     config.distill.augment = strategy
     train = _train_split(config, 101)
     with jax.enable_x64(True):
@@ -338,8 +352,9 @@ class FeatureOuterTest(parameterized.TestCase):
       step = lambda init: pmapped((params, init), shard)
       grads, metrics, solution = step(None)
 
-      # An independent outer loss: each net's head fit by a NumPy Newton
-      # solve on its features of the images (net i's augmented with the
+      # An independent outer loss: each net's head fit in NumPy (Newton's
+      # method, or least squares for the squared loss) on its features of
+      # the images (net i's augmented with the
       # draw of fold_in(augment_key, i)); the mean over nets of the tempered
       # mean cross-entropy on the batch.
       shape = (-1,) + distiller.info.image_shape
@@ -364,7 +379,7 @@ class FeatureOuterTest(parameterized.TestCase):
         total = 0.0
         for head_features, features in zip(np.asarray(head_phi(images)),
                                            batch_features):
-          w = _logistic_regression(head_features, targets, l2reg)
+          w = fit_head(head_features, targets, l2reg)
           logits = features @ w * np.exp(params['log_temperature'])
           total += np.mean(scipy.special.logsumexp(logits, -1) - logits[
               np.arange(len(logits)), train.labels])
