@@ -63,6 +63,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.depth = 3
   config.model.norm = 'instance'
   config.model.nets_per_step = 2
+  # A pool of pool_size trained feature networks (FRePo, RCIG) instead of
+  # fresh random ones: each step uses nets_per_step members in turn, then
+  # trains them (pool_steps steps of pool_optimizer, adam | sgd, at
+  # pool_learning_rate) on the distilled set with its current labels; a
+  # member is re-initialized after pool_max_updates such steps, initial ages
+  # staggered. pool_size=0 (or pool_max_updates=0): no pool.
+  config.model.pool_size = 0
+  config.model.pool_optimizer = 'adam'
+  config.model.pool_learning_rate = 3e-4
+  config.model.pool_steps = 1
+  config.model.pool_max_updates = 100
 
   config.inner = ml_collections.ConfigDict()
   # The head's loss: logistic (cross-entropy, the seed's) | squared (ridge

@@ -115,7 +115,10 @@ def _update(sha: Any, array: np.ndarray) -> None:
 PROBLEM_FIELDS = ('data.dataset', 'data.validation_size', 'data.split_seed',
                   'distill.images_per_class', 'inner.l2reg', 'inner.loss')
 # What a config older than a field meant by its absence.
-_ABSENT_MEANS = {'inner.loss': 'logistic'}
+_ABSENT_MEANS = {'inner.loss': 'logistic', 'model.pool_size': 0,
+                 'model.pool_optimizer': 'adam',
+                 'model.pool_learning_rate': 3e-4, 'model.pool_steps': 1,
+                 'model.pool_max_updates': 100}
 
 
 def _problem_fields(config: dict[str, Any]) -> dict[str, Any]:
