@@ -172,15 +172,24 @@ def ridge_weights(l2reg: jax.Array, images: jax.Array,
     return jax.scipy.linalg.solve(cov, images.T @ targets, assume_a='pos')
 
 
-def _ridge(init, l2reg, images, targets):
-  """The squared loss's solve: `ridge_weights` in the linear model's
-  params; its error is the norm of the objective's gradient there."""
+def _linear_kernel(init, images, targets, setting, fix):
+  """The single (num_features, num_classes) kernel of the linear model's
+  params `init`, and their treedef; else a UserError naming `setting`."""
   leaves, treedef = jax.tree.flatten(init)
   if len(leaves) != 1 or leaves[0].shape != (images.shape[1],
                                              targets.shape[1]):
     raise errors.UserError(
-        "config.inner.loss='squared' needs the linear model (one "
-        '(num_features, num_classes) kernel).')
+        f'{setting} needs the linear model (one (num_features, num_classes) '
+        f'kernel); {fix} for other models.')
+  return leaves[0], treedef
+
+
+def _ridge(init, l2reg, images, targets):
+  """The squared loss's solve: `ridge_weights` in the linear model's
+  params; its error is the norm of the objective's gradient there."""
+  _, treedef = _linear_kernel(init, images, targets,
+                              "config.inner.loss='squared'",
+                              'use the logistic loss')
   weights = ridge_weights(l2reg, images, targets)
   with jax.default_matmul_precision('highest'):
     grad = (images.T @ (images @ weights - targets) / images.shape[0] +
@@ -194,14 +203,10 @@ def _newton(inner_config):
   solve_weights = newton.make_solver(inner_config.tol, inner_config.maxiter)
 
   def solve(init, l2reg, images, targets):
-    leaves, treedef = jax.tree.flatten(init)
-    if len(leaves) != 1 or leaves[0].shape != (images.shape[1],
-                                               targets.shape[1]):
-      raise errors.UserError(
-          'config.inner.solver=newton needs the linear model (one '
-          '(num_features, num_classes) kernel); use lbfgs for other models.')
-    weights, iterations, err = solve_weights(leaves[0], l2reg, images,
-                                             targets)
+    kernel, treedef = _linear_kernel(init, images, targets,
+                                     'config.inner.solver=newton',
+                                     'use lbfgs')
+    weights, iterations, err = solve_weights(kernel, l2reg, images, targets)
     return InnerResult(jax.tree.unflatten(treedef, [weights]), iterations,
                        err)
 
