@@ -1,13 +1,14 @@
 """A linear head on random ConvNet features (RFAD; docs/features.md).
 
-  --config=configs/conv.py:DATASET,ipc=N[,size=paper|cpu]
+  --config=configs/conv.py:DATASET,ipc=N[,size=paper|cpu][,pool=0|1]
 
 DATASET: mnist, fashion_mnist (TFDS, or MNIST-format idx .gz files via
 `--config.data.idx_dir=DIR`), cifar10 (TFDS) or digits (scikit-learn's 8x8,
 offline; size=cpu only). ipc: distilled images per class, 1, 10 or 50.
 size: paper (the papers' sizes, untuned; the default) or cpu (narrower,
 fewer networks and steps, and the networks evaluator's cpu preset, for 2
-CPU cores).
+CPU cores). pool=1: the features come from a pool of trained ConvNets
+(FRePo's settings) instead of fresh random ones.
 
 Each step draws fresh random ConvNets and fits the head on their features
 of the distilled images; the outer loss is the cross-entropy on a real
@@ -21,8 +22,9 @@ from configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = common.parse_arg('configs/conv.py', arg, defaults={'size': 'paper'},
-                          ipc=(1, 10, 50), size=('paper', 'cpu'))
+  args = common.parse_arg('configs/conv.py', arg,
+                          defaults={'size': 'paper', 'pool': 0},
+                          ipc=(1, 10, 50), size=('paper', 'cpu'), pool=(0, 1))
   dataset, ipc, cpu = args['dataset'], args['ipc'], args['size'] == 'cpu'
   if dataset == 'digits' and not cpu:
     raise ValueError(f'{arg!r}: digits has a size=cpu setting only (its '
@@ -45,6 +47,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.depth = 2 if dataset == 'digits' else 3
   config.model.norm = 'instance'
   config.model.nets_per_step = 2 if cpu else 4
+  if args['pool']:
+    # FRePo's pool: 10 ConvNets, each used one Adam step at 3e-4 on the
+    # distilled set, renewed after 100; the step's nets_per_step take turns.
+    config.model.pool_size = 10
+    config.model.pool_optimizer = 'adam'
+    config.model.pool_learning_rate = 3e-4
+    config.model.pool_steps = 1
+    config.model.pool_max_updates = 100
 
   config.distill.images_per_class = ipc
   config.distill.image_init = 'real'
@@ -85,8 +95,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 50 if cpu else 250
 
   # eval.py: the linear refit and ConvNets trained from scratch
-  # (docs/evaluation.md), of the digits' depth there too.
-  config.eval.nets = ('linear', 'convnet')
+  # (docs/evaluation.md), of the digits' depth there too, with the recipe's
+  # augmentation and without it (DD-Ranking's augmentation-robust view).
+  config.eval.nets = ('linear', 'convnet', 'convnet_noaug')
   config.eval.net_preset = 'cpu' if cpu else 'paper'
   if dataset == 'digits':
     config.eval.net_depth = 2

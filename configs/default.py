@@ -63,8 +63,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.depth = 3
   config.model.norm = 'instance'
   config.model.nets_per_step = 2
+  # A pool of pool_size trained feature networks (FRePo, RCIG) instead of
+  # fresh random ones: each step uses nets_per_step members in turn, then
+  # trains them (pool_steps steps of pool_optimizer, adam | sgd, at
+  # pool_learning_rate) on the distilled set with its current labels; a
+  # member is re-initialized after pool_max_updates such steps, initial ages
+  # staggered. pool_size=0 (or pool_max_updates=0): no pool.
+  config.model.pool_size = 0
+  config.model.pool_optimizer = 'adam'
+  config.model.pool_learning_rate = 3e-4
+  config.model.pool_steps = 1
+  config.model.pool_max_updates = 100
 
   config.inner = ml_collections.ConfigDict()
+  # The head's loss: logistic (cross-entropy, the seed's) | squared (ridge
+  # regression on the targets, in closed form on the k x k Gram matrix, as
+  # KIP, RFAD, FRePo and RCIG; the solver settings below then play no
+  # part). The outer loss is the cross-entropy either way.
+  config.inner.loss = 'logistic'
   # gradient_descent | lbfgs | newton (linear model only; with direct below).
   config.inner.solver = 'gradient_descent'
   config.inner.tol = 1e-3  # Stop when the gradient norm is below this.
@@ -98,7 +114,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.baseline_tol = 1e-4
   config.eval.baseline_maxiter = 2000
   # Evaluators: linear (the fits above) and networks trained from scratch on
-  # each set, the field's protocol (docs/evaluation.md): convnet | mlp.
+  # each set, the field's protocol (docs/evaluation.md): convnet | mlp, and
+  # convnet_noaug | mlp_noaug: the same recipe without augmentation.
   config.eval.nets = ('linear',)
   # The networks' recipe: a preset below, named in every row it produces.
   config.eval.net_preset = 'paper'

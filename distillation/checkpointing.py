@@ -110,14 +110,20 @@ def _update(sha: Any, array: np.ndarray) -> None:
 # shape, the classes and the data itself, a resume must not change them.
 # They include what defines the learned object: the inner model's feature
 # source and its settings (every model.* field) and the head's loss,
-# cross-entropy plus inner.l2reg / 2 times its squared weights.
+# inner.loss (cross-entropy or squared error) plus inner.l2reg / 2 times
+# its squared weights.
 PROBLEM_FIELDS = ('data.dataset', 'data.validation_size', 'data.split_seed',
-                  'distill.images_per_class', 'inner.l2reg')
+                  'distill.images_per_class', 'inner.l2reg', 'inner.loss')
+# What a config older than a field meant by its absence.
+_ABSENT_MEANS = {'inner.loss': 'logistic', 'model.pool_size': 0,
+                 'model.pool_optimizer': 'adam',
+                 'model.pool_learning_rate': 3e-4, 'model.pool_steps': 1,
+                 'model.pool_max_updates': 100}
 
 
 def _problem_fields(config: dict[str, Any]) -> dict[str, Any]:
   """PROBLEM_FIELDS and the model.* fields of a config (as a dict)."""
-  flat = flatten_dict(config)
+  flat = _ABSENT_MEANS | flatten_dict(config)
   return {field: flat.get(field) for field in PROBLEM_FIELDS} | {
       k: v for k, v in flat.items() if k.startswith('model.')}
 

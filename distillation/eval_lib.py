@@ -29,7 +29,7 @@ from distillation import workdirs
 
 RESULT_NAME = 'eval.json'
 CHECKPOINTS = {'best': checkpointing.BEST, 'latest': checkpointing.LATEST}
-EVALUATORS = ('linear',) + net_train.MODELS
+EVALUATORS = ('linear',) + net_eval.EVALUATORS
 
 
 def load_distilled(workdir: str, which: str = 'latest'

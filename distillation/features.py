@@ -9,7 +9,8 @@
 
 The networks are random (RFAD): each outer step draws
 `config.model.nets_per_step` of them with Flax's default initialization, and
-nothing about them is kept. Features are divided by sqrt(num_features), so
+nothing about them is kept; or they are members of a pool that learns
+(`pool.py`). Features are divided by sqrt(num_features), so
 the Gram matrix phi phi^T has entries of order one whatever the width: the
 inner l2reg then means the same for every feature map.
 """

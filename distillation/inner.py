@@ -1,17 +1,20 @@
 """The inner problem: fit the classifier on the distilled set.
 
-The inner objective is L2-regularized multiclass logistic regression with
-soft targets,
+The inner objective (`config.inner.loss`) is L2-regularized multiclass
+logistic regression with soft targets ('logistic', the default),
 
   f(params; l2reg, images, targets) =
       mean_i CE(targets_i, model(params, images_i)) + l2reg / 2 * ||params||^2,
 
-and its minimizer is differentiated with respect to (l2reg, images, targets)
-by the implicit function theorem, not by unrolling the solver's iterations.
+or ridge regression on the targets ('squared', as KIP, RFAD, FRePo and
+RCIG), mean_i ||model(params, images_i) - targets_i||^2 / 2 + the same
+penalty. The minimizer is differentiated with respect to (l2reg, images,
+targets) by the implicit function theorem (for the squared loss, through
+the linear solve of its closed form), not by unrolling a solver.
 All hyperparameters are explicit arguments of the objective; closing over
 them would silently drop their gradients.
 
-Solvers (`config.inner.solver`):
+Solvers (`config.inner.solver`) of the logistic loss:
 * gradient_descent, lbfgs: jaxopt's, for any model, with `implicit_diff=True`;
   `config.inner.implicit_solve` picks the linear solver of their implicit
   system. This is the only module that imports jaxopt (archived upstream), so
@@ -19,6 +22,8 @@ Solvers (`config.inner.solver`):
 * newton: exact Newton on the representer coefficients of the linear model
   (`newton.py`); it solves its implicit system with its own factorization,
   which `config.inner.implicit_solve='direct'` states.
+The squared loss is solved in closed form (`ridge_weights`), so the solver
+and its settings play no part in it.
 """
 
 from collections.abc import Callable
@@ -29,6 +34,7 @@ import warnings
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
+import jax.scipy.linalg
 import ml_collections
 import numpy as np
 import optax
@@ -42,6 +48,7 @@ with warnings.catch_warnings():
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
+LOSSES = ('logistic', 'squared')
 SOLVERS = ('gradient_descent', 'lbfgs', 'newton')
 INITS = ('ones', 'zeros')
 
@@ -98,14 +105,22 @@ def make_solver(
   """Returns `solve(init, l2reg, images, targets) -> InnerResult`.
 
   The solve has converged when `error <= inner_config.tol`: for the jaxopt
-  solvers `error` is the norm of the objective's gradient; for newton, the
-  larger of that and the norm of its representer residual over k.
+  solvers and the squared loss's closed form `error` is the norm of the
+  objective's gradient; for newton, the larger of that and the norm of its
+  representer residual over k.
   """
   solver, name = inner_config.solver, inner_config.implicit_solve
+  loss = inner_config.get('loss', 'logistic')  # Older configs: logistic.
+  if loss not in LOSSES:
+    raise errors.UserError(
+        f'config.inner.loss={loss!r} is unknown; use one of '
+        f'{", ".join(LOSSES)}.')
   if solver not in SOLVERS:
     raise errors.UserError(
         f'config.inner.solver={solver!r} is unknown; use one of '
         f'{", ".join(SOLVERS)}.')
+  if loss == 'squared':
+    return _ridge
   if solver == 'newton':
     if name != NEWTON_IMPLICIT_SOLVE:
       raise errors.UserError(
@@ -138,19 +153,60 @@ def make_solver(
   return solve
 
 
+def ridge_weights(l2reg: jax.Array, images: jax.Array,
+                  targets: jax.Array) -> jax.Array:
+  """The minimizer W (p x K) of mean_i ||x_i W - y_i||^2 / 2 + l2reg / 2
+  ||W||^2 over the k rows x_i of `images` (k x p).
+
+  W = X^T (X X^T + l2reg k I)^-1 Y on the k x k Gram matrix (kernel ridge)
+  when k <= p, else the same W as (X^T X + l2reg k I)^-1 X^T Y on the p x p
+  covariance (e.g. a whole training split). A Cholesky solve that JAX
+  differentiates exactly, reusing its factorization (custom_linear_solve).
+  """
+  k, p = images.shape
+  with jax.default_matmul_precision('highest'):  # Not TF32 on GPUs.
+    if k <= p:
+      gram = images @ images.T + l2reg * k * jnp.eye(k, dtype=images.dtype)
+      return images.T @ jax.scipy.linalg.solve(gram, targets, assume_a='pos')
+    cov = images.T @ images + l2reg * k * jnp.eye(p, dtype=images.dtype)
+    return jax.scipy.linalg.solve(cov, images.T @ targets, assume_a='pos')
+
+
+def _linear_kernel(init, images, targets, setting, fix):
+  """The single (num_features, num_classes) kernel of the linear model's
+  params `init`, and their treedef; else a UserError naming `setting`."""
+  leaves, treedef = jax.tree.flatten(init)
+  if len(leaves) != 1 or leaves[0].shape != (images.shape[1],
+                                             targets.shape[1]):
+    raise errors.UserError(
+        f'{setting} needs the linear model (one (num_features, num_classes) '
+        f'kernel); {fix} for other models.')
+  return leaves[0], treedef
+
+
+def _ridge(init, l2reg, images, targets):
+  """The squared loss's solve: `ridge_weights` in the linear model's
+  params; its error is the norm of the objective's gradient there."""
+  _, treedef = _linear_kernel(init, images, targets,
+                              "config.inner.loss='squared'",
+                              'use the logistic loss')
+  weights = ridge_weights(l2reg, images, targets)
+  with jax.default_matmul_precision('highest'):
+    grad = (images.T @ (images @ weights - targets) / images.shape[0] +
+            l2reg * weights)
+  return InnerResult(jax.tree.unflatten(treedef, [weights]),
+                     jnp.asarray(1), jnp.linalg.norm(grad))
+
+
 def _newton(inner_config):
   """`newton.make_solver` on the linear model's single kernel."""
   solve_weights = newton.make_solver(inner_config.tol, inner_config.maxiter)
 
   def solve(init, l2reg, images, targets):
-    leaves, treedef = jax.tree.flatten(init)
-    if len(leaves) != 1 or leaves[0].shape != (images.shape[1],
-                                               targets.shape[1]):
-      raise errors.UserError(
-          'config.inner.solver=newton needs the linear model (one '
-          '(num_features, num_classes) kernel); use lbfgs for other models.')
-    weights, iterations, err = solve_weights(leaves[0], l2reg, images,
-                                             targets)
+    kernel, treedef = _linear_kernel(init, images, targets,
+                                     'config.inner.solver=newton',
+                                     'use lbfgs')
+    weights, iterations, err = solve_weights(kernel, l2reg, images, targets)
     return InnerResult(jax.tree.unflatten(treedef, [weights]), iterations,
                        err)
 

@@ -2,8 +2,9 @@
 baselines of the same size.
 
 The distilled set is fit as it was distilled (its solver, its learned or
-configured l2reg and labels). Each baseline is fit with L-BFGS on hard
-labels, with the l2reg of `config.eval.l2reg_grid` that does best on the
+configured l2reg and labels). Each baseline is fit with the same loss
+(config.inner.loss; the logistic one by L-BFGS) on hard labels, with the
+l2reg of `config.eval.l2reg_grid` that does best on the
 validation split, so baselines are as strong as the model allows:
 
 * random_real: images_per_class random training images of each class (mean
@@ -94,7 +95,7 @@ def _baselines(distiller: outer.Distiller, train: input_pipeline.Split,
 
 
 class _BaselineFit:
-  """Fits hard-label logistic regression, choosing l2reg on validation."""
+  """Fits the inner loss on hard labels, choosing l2reg on validation."""
 
   def __init__(self, distiller, grid, validation):
     self._grid = grid
@@ -104,7 +105,8 @@ class _BaselineFit:
     solver_config = ml_collections.ConfigDict(dict(
         solver='lbfgs', tol=distiller.config.eval.baseline_tol,
         maxiter=distiller.config.eval.baseline_maxiter,
-        implicit_solve='cg', implicit_tol=1e-5, init='zeros'))
+        implicit_solve='cg', implicit_tol=1e-5, init='zeros',
+        loss=distiller.config.inner.get('loss', 'logistic')))
     self._solve = jax.jit(inner.make_solver(solver_config,
                                             distiller.model.apply))
 

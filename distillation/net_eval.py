@@ -5,6 +5,9 @@ docs/evaluation.md) train networks on the distilled set with its learned
 soft labels and with hard ones, and on the linear evaluator's baselines of
 the same size, with the same recipe and seeds; full-data rows are cached.
 DD-Ranking's differences (IOR, HLR) summarize each evaluator's rows.
+Each model has a second evaluator, `<model>_noaug`: the same recipe without
+augmentation (DD-Ranking's augmentation-robust view), so that a set which
+helps only networks trained with DSA shows it.
 """
 
 import dataclasses
@@ -29,6 +32,9 @@ from distillation import outer
 from distillation import workdirs
 
 FULL_DATA_CACHE = 'net_full_data'  # Workdir folder of cached full-data rows.
+# The suffix of an evaluator that trains its model without augmentation.
+NO_AUGMENT = '_noaug'
+EVALUATORS = net_train.MODELS + tuple(m + NO_AUGMENT for m in net_train.MODELS)
 _NET_FIELDS = ('width', 'depth', 'norm', 'mlp_width', 'mlp_depth', 'epochs',
                'full_data_epochs', 'batch_size', 'learning_rate', 'momentum',
                'weight_decay', 'seeds', 'augment')
@@ -36,8 +42,10 @@ _NET_FIELDS = ('width', 'depth', 'norm', 'mlp_width', 'mlp_depth', 'epochs',
 
 def recipes(config: ml_collections.ConfigDict
                 ) -> dict[str, net_train.Recipe]:
-  """The recipe of each network evaluator: config.eval.net_preset's values,
-  each replaced by its config.eval.net_<field> where that is set; checked."""
+  """The recipe of each network evaluator (EVALUATORS):
+  config.eval.net_preset's values, each replaced by its
+  config.eval.net_<field> where that is set, checked; `<model>_noaug` has
+  its model's recipe without augmentation."""
   eval_config = config.eval
   if 'net_presets' not in eval_config:
     return {}
@@ -79,22 +87,31 @@ def recipes(config: ml_collections.ConfigDict
       values['augment'],
       input_pipeline.dataset_info(config.data).image_shape[-1],
       fields['augment'])
-  name = preset + (f'({", ".join(changed)})' if changed else '')
-  common = dict(name=name, epochs=values['epochs'],
-                full_data_epochs=values['full_data_epochs'],
-                batch_size=values['batch_size'],
-                learning_rate=float(values['learning_rate']),
-                momentum=float(values['momentum']),
-                weight_decay=float(values['weight_decay']),
-                seeds=values['seeds'], augment=transforms)
-  return {
-      'convnet': net_train.Recipe(model='convnet', width=values['width'],
-                                  depth=values['depth'], norm=values['norm'],
-                                  **common),
-      'mlp': net_train.Recipe(model='mlp', width=values['mlp_width'],
-                              depth=values['mlp_depth'], norm='none',
-                              **common),
-  }
+  def recipe(model, transforms, changed):
+    if model == 'convnet':
+      shape = dict(width=values['width'], depth=values['depth'],
+                   norm=values['norm'])
+    else:
+      shape = dict(width=values['mlp_width'], depth=values['mlp_depth'],
+                   norm='none')
+    return net_train.Recipe(
+        name=preset + (f'({", ".join(changed)})' if changed else ''),
+        model=model, epochs=values['epochs'],
+        full_data_epochs=values['full_data_epochs'],
+        batch_size=values['batch_size'],
+        learning_rate=float(values['learning_rate']),
+        momentum=float(values['momentum']),
+        weight_decay=float(values['weight_decay']),
+        seeds=values['seeds'], augment=transforms, **shape)
+
+  # Without augmentation, the name says so (and drops any net_augment).
+  plain = [c for c in changed if not c.startswith('augment=')] + [
+      'augment=none']
+  out = {}
+  for model in net_train.MODELS:
+    out[model] = recipe(model, transforms, changed)
+    out[model + NO_AUGMENT] = recipe(model, (), plain)
+  return out
 
 
 def evaluate(distiller: outer.Distiller, recipe: net_train.Recipe,
@@ -239,11 +256,11 @@ def differences(net_table: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_table(net_table: list[dict[str, Any]],
                      differences: list[dict[str, Any]]) -> str:
-  lines = [f'{"evaluator":<9} {"method":<12} {"labels":<6} {"images":>7} '
+  lines = [f'{"evaluator":<13} {"method":<12} {"labels":<6} {"images":>7} '
            f'{"test accuracy":>17} {"validation":>10} {"seconds":>8}  recipe']
   for row in net_table:
     lines.append(
-        f'{row["evaluator"]:<9} {row["method"]:<12} {row["labels"]:<6} '
+        f'{row["evaluator"]:<13} {row["method"]:<12} {row["labels"]:<6} '
         f'{row["images"]:>7} {row["test_accuracy"]:>8.4f} ± '
         f'{row["test_accuracy_std"]:.4f} '
         f'{row["validation_accuracy"]:>10.4f} '

@@ -5,7 +5,8 @@ initialization and the step functions. The loop, checkpoints and metric
 writers live in `train_lib`.
 
 One outer step: solve the inner problem on the distilled set (on its pixels,
-or on the features of the step's random networks, one solve per network:
+or on the features of the step's random networks or pool members
+(`pool.py`), one solve per network:
 docs/features.md; with config.distill.augment, on a random DSA transform of
 the images, drawn anew per network), evaluate the cross-entropy of the inner
 solution W* on this device's training shard, sum dLoss/dW* over all devices,
@@ -34,6 +35,7 @@ from distillation import inner
 from distillation import input_pipeline
 from distillation import models
 from distillation import parallel
+from distillation import pool
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -47,6 +49,9 @@ _NETS_STREAM = 2**31 - 1
 # fold_in(step key, this) draws the step's augmentation of the distilled
 # images, the same on every device too.
 _AUGMENT_STREAM = 2**31 - 2
+# fold_in(step key, this) draws the pool's re-initialized members;
+# fold_in(state key, this) its initial ones.
+_POOL_STREAM = 2**31 - 3
 
 
 class OuterState(flax.struct.PyTreeNode):
@@ -64,12 +69,15 @@ class OuterState(flax.struct.PyTreeNode):
     inner_params: the inner solution of the last step (for warm starts;
       with random features, which never warm-start, the initial one).
     rng: base key; step s uses fold_in(rng, s), so nothing else is saved.
+    pool: with config.model.pool_size, the pool of trained feature networks
+      (`pool.Pool`); else empty, and no part of a checkpoint.
   """
   step: jax.Array
   params: dict[str, jax.Array]
   opt_state: optax.OptState
   inner_params: Any
   rng: jax.Array
+  pool: dict[str, Any] = flax.struct.field(default_factory=dict)
 
 
 class Distiller:
@@ -111,6 +119,14 @@ class Distiller:
           f'config.inner.warm_start=True does not fit config.model.features='
           f'{config.model.features!r}: each step draws new feature networks, '
           'so the last solution is no start; set it False.')
+    self.pool = None
+    if pool.enabled(config.get('model')):
+      if self.feature_map is None:
+        raise errors.UserError(
+            f'config.model.pool_size={config.model.pool_size} needs feature '
+            "networks; set config.model.features to 'conv' or 'mlp'.")
+      self.pool = pool.Pool(config.model, self.feature_map,
+                            self.info.num_classes)
     # Training steps only: validation and eval.py fit on the images as is.
     self.transforms = augment.parse_strategy(
         config.distill.get('augment', 'none'), self.info.image_shape[-1],
@@ -172,10 +188,12 @@ class Distiller:
       params['log_l2reg'] = jnp.log(jnp.float32(self.config.inner.l2reg))
     if self.config.distill.get('learn_temperature'):
       params['log_temperature'] = jnp.zeros((), jnp.float32)
+    members = ({} if self.pool is None else self.pool.init(
+        jax.random.fold_in(rng, _POOL_STREAM)))
     return OuterState(
         step=jnp.zeros((), jnp.int32), params=params,
         opt_state=self.optimizer.init(params), inner_params=self.inner_init,
-        rng=rng)
+        rng=rng, pool=members)
 
   def state_template(self) -> OuterState:
     """Zeros in the structure and shapes of the state: what a checkpoint is
@@ -374,19 +392,29 @@ class Distiller:
     """One outer update; runs under `parallel.pmap`."""
     key = jax.random.fold_in(state.rng, state.step)
     batch = self._select_batch(shard, key)
+    if self.pool is None:
+      nets = self.draw_nets(jax.random.fold_in(key, _NETS_STREAM))
+    else:
+      members = self.pool.select(state.step)
+      nets = self.pool.feature_nets(state.pool, members)
     grads, metrics, inner_params = self.loss_and_hypergradient(
         state.params, batch,
         state.inner_params if self.config.inner.warm_start else None,
-        self.draw_nets(jax.random.fold_in(key, _NETS_STREAM)),
+        nets,
         jax.random.fold_in(key, _AUGMENT_STREAM) if self.transforms else None)
     if self.feature_map is not None:
       inner_params = state.inner_params
     updates, opt_state = self.optimizer.update(grads, state.opt_state,
                                                state.params)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=self._project(optax.apply_updates(state.params, updates)),
-        opt_state=opt_state, inner_params=inner_params)
+    params = self._project(optax.apply_updates(state.params, updates))
+    new_state = state.replace(step=state.step + 1, params=params,
+                              opt_state=opt_state, inner_params=inner_params)
+    if self.pool is not None:
+      # The members used learn the updated set with its current labels.
+      _, images, targets = self.hyperparams(params)
+      new_state = new_state.replace(pool=self.pool.train(
+          state.pool, members, images, targets,
+          jax.random.fold_in(key, _POOL_STREAM)))
     return new_state, metrics
 
   def _project(self, params: dict[str, jax.Array]) -> dict[str, jax.Array]:

@@ -198,7 +198,9 @@ class CheckCompatibleTest(absltest.TestCase):
     """They define the learned object, even where the shapes fit."""
     for field, value, saved in (('model.features', 'conv', "'pixels'"),
                                 ('model.width', 32, '64'),
-                                ('inner.l2reg', 0.9, '0.1')):
+                                ('inner.l2reg', 0.9, '0.1'),
+                                # Absent from this config: the logistic one.
+                                ('inner.loss', 'squared', "'logistic'")):
       config = self.config.copy_and_resolve_references()
       section, name = field.split('.')
       config[section][name] = value
@@ -208,13 +210,22 @@ class CheckCompatibleTest(absltest.TestCase):
         self._check(config, self.data)
 
   def test_a_record_without_the_model_takes_it_from_the_config(self):
-    """Records older than their model.* and inner.l2reg fields."""
-    for field in ('model.features', 'model.width', 'inner.l2reg'):
+    """Records older than their model.*, inner.l2reg and inner.loss fields
+    (configs older than inner.loss meant the logistic loss)."""
+    for field in ('model.features', 'model.width', 'inner.l2reg',
+                  'inner.loss'):
       del self.meta['problem'][field]
     self._check(self.config, self.data)
     config = self.config.copy_and_resolve_references()
+    config.inner.loss = 'logistic'
+    self._check(config, self.data)
     config.model.features = 'conv'
     with self.assertRaisesRegex(errors.UserError, "model.features: 'pixels'"):
+      self._check(config, self.data)
+    config = self.config.copy_and_resolve_references()
+    config.inner.loss = 'squared'
+    with self.assertRaisesRegex(errors.UserError,
+                                "inner.loss: 'logistic' in the checkpoint"):
       self._check(config, self.data)
 
   def test_other_shapes_name_the_arrays_and_fields(self):

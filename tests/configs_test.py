@@ -24,7 +24,9 @@ CONFIGS = [f'configs/{name}.py' for name in (
             f'configs/conv.py:{dataset},ipc={ipc}' + size
             for dataset, ipc, size in itertools.product(
                 DATASETS, (1, 10, 50), ('', ',size=paper', ',size=cpu'))
-            if dataset != 'digits' or size == ',size=cpu']
+            if dataset != 'digits' or size == ',size=cpu'] + [
+                'configs/conv.py:digits,ipc=1,size=cpu,pool=1',
+                'configs/conv.py:fashion_mnist,ipc=10,pool=1']
 
 
 def parse(*args):
@@ -67,12 +69,19 @@ class ConfigsTest(parameterized.TestCase):
                      (0.03, 300, 2, 2))
     cifar = parse(f'--config={ROOT}/configs/conv.py:cifar10,ipc=50')
     self.assertEqual((cifar.data.zca, cifar.inner.solver), (True, 'lbfgs'))
+    self.assertEqual(cpu.model.pool_size, 0)  # Fresh random networks.
+    pool = parse(f'--config={ROOT}/configs/conv.py:fashion_mnist,ipc=1,'
+                 'size=cpu,pool=1')
+    self.assertEqual((pool.model.pool_size, pool.model.pool_max_updates),
+                     (10, 100))
+    pool.model.pool_size = cpu.model.pool_size
+    self.assertEqual(pool, cpu)  # Nothing else changes.
 
   @parameterized.parameters(
       ('conv.py:bad', r"'bad' is not valid; use configs/conv.py:DATASET,ipc="
-       r'\.\.\.\[,size=\.\.\.\] where DATASET is one of digits, mnist, '
-       r'fashion_mnist, cifar10; ipc one of 1, 10, 50; size one of paper '
-       r'\(default\), cpu\.'),
+       r'\.\.\.\[,size=\.\.\.\]\[,pool=\.\.\.\] where DATASET is one of '
+       r'digits, mnist, fashion_mnist, cifar10; ipc one of 1, 10, 50; size '
+       r'one of paper \(default\), cpu; pool one of 0 \(default\), 1\.'),
       ('conv.py', r"dataset, ipc missing \(no argument\); use "),
       ('conv.py:mnist', r"ipc missing \('mnist'\); use "),
       ('conv.py:mnist,ipc=10,ipc=1', r"'ipc=1' repeats; use "),

@@ -1,5 +1,6 @@
 """Tests of evaluation: the table, its baselines and the checkpoint choice."""
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -60,7 +61,8 @@ class EvalLibTest(parameterized.TestCase):
 
   def test_networks_trained_on_each_set(self):
     eval_config = test_config.get_config().eval
-    eval_config.nets = ('mlp',)
+    # Each model with its recipe's augmentation and without any.
+    eval_config.nets = ('mlp', 'mlp_noaug')
     eval_config.net_preset = 'cpu'
     eval_config.net_mlp_width = 16
     eval_config.net_mlp_depth = 1
@@ -72,27 +74,42 @@ class EvalLibTest(parameterized.TestCase):
     result = eval_lib.evaluate(self.workdir, export=export,
                                eval_config=eval_config)
     self.assertEqual(result['table'][0]['method'], 'distilled')  # linear
-    rows = result['net_table']
-    self.assertEqual([(r['method'], r['labels']) for r in rows], [
-        ('distilled', 'soft'), ('distilled', 'hard'), ('random_real', 'soft'),
-        ('random_real', 'hard'), ('class_means', 'hard'),
-        ('full_data', 'hard')])
-    for row in rows:
-      self.assertEqual(row['evaluator'], 'mlp')
-      self.assertLen(row['per_seed'], 2)
-      self.assertAlmostEqual(row['test_accuracy'], np.mean(row['per_seed']))
-      self.assertBetween(row['validation_accuracy'], 0.0, 1.0)
-      self.assertEqual(row['recipe']['width'], 16)
-      self.assertStartsWith(row['recipe_name'], 'cpu(')
-    self.assertEqual(rows[-1]['images'], 1337)
-    self.assertEqual(rows[-1]['recipe']['epochs'], 1)
-    (differences,) = result['net_differences']
-    self.assertAlmostEqual(differences['ior_hard'], rows[1]['test_accuracy']
-                           - rows[3]['test_accuracy'])
-    self.assertAlmostEqual(differences['hlr'], rows[5]['test_accuracy']
-                           - rows[1]['test_accuracy'])
+    kinds = [('distilled', 'soft'), ('distilled', 'hard'),
+             ('random_real', 'soft'), ('random_real', 'hard'),
+             ('class_means', 'hard'), ('full_data', 'hard')]
+    self.assertEqual(
+        [(r['evaluator'], r['method'], r['labels'])
+         for r in result['net_table']],
+        [(e, *kind) for e in eval_config.nets for kind in kinds])
+    differences = {d['evaluator']: d for d in result['net_differences']}
+    self.assertEqual(list(differences), list(eval_config.nets))
+    for evaluator in eval_config.nets:
+      rows = [r for r in result['net_table'] if r['evaluator'] == evaluator]
+      for row in rows:
+        self.assertLen(row['per_seed'], 2)
+        self.assertAlmostEqual(row['test_accuracy'],
+                               np.mean(row['per_seed']))
+        self.assertBetween(row['validation_accuracy'], 0.0, 1.0)
+        self.assertEqual(row['recipe']['width'], 16)
+        self.assertStartsWith(row['recipe_name'], 'cpu(')
+        self.assertEqual(row['recipe']['augment'] == 'none',
+                         evaluator == 'mlp_noaug')
+      self.assertEqual(rows[-1]['images'], 1337)
+      self.assertEqual(rows[-1]['recipe']['epochs'], 1)
+      for labels, (distilled, random_real) in (('soft', (0, 2)),
+                                               ('hard', (1, 3))):
+        self.assertAlmostEqual(
+            differences[evaluator][f'ior_{labels}'],
+            rows[distilled]['test_accuracy'] -
+            rows[random_real]['test_accuracy'])
+      self.assertAlmostEqual(differences[evaluator]['hlr'],
+                             rows[5]['test_accuracy'] -
+                             rows[1]['test_accuracy'])
+    self.assertIn('mlp_noaug: IOR (soft)', net_eval.format_table(
+        result['net_table'], result['net_differences']))
     cached = os.listdir(os.path.join(self.workdir, net_eval.FULL_DATA_CACHE))
-    self.assertLen(cached, 1)
+    self.assertLen(cached, 2)
+    rows = result['net_table']
     exported = np.load(export + '.npz')
     np.testing.assert_array_equal(exported['hard_labels'],
                                   exported['soft_labels'].argmax(-1))
@@ -102,6 +119,18 @@ class EvalLibTest(parameterized.TestCase):
     self.assertEqual(recipes['mlp'], rows[0]['recipe'])
     self.assertEqual(recipes['convnet']['augment'],
                      'color_crop_cutout_scale_rotate')  # No flip on digits.
+
+  def test_no_augment_recipe_is_its_models_without_augmentation(self):
+    config = test_config.get_config()
+    config.eval.net_preset = 'cpu'
+    config.eval.net_epochs = 7
+    config.eval.net_augment = 'crop'
+    recipes = net_eval.recipes(config)
+    for model in ('convnet', 'mlp'):
+      self.assertEqual(recipes[model].augment, ('crop',))
+      self.assertEqual(recipes[model + '_noaug'], dataclasses.replace(
+          recipes[model], augment=(), name='cpu(epochs=7, augment=none)'))
+    self.assertEqual(set(recipes), set(eval_lib.EVALUATORS) - {'linear'})
 
   @parameterized.parameters(
       ('nets', ('linear', 'resnet'), r'config.eval.nets=.*resnet'),

@@ -143,6 +143,44 @@ class InnerTest(parameterized.TestCase):
                  reference(images - eps * direction)) / (2 * eps)
       np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
 
+  @parameterized.parameters((12, 5), (4, 5))
+  def test_squared_loss_is_ridge_regression(self, n, p):
+    """The closed form on the k x k Gram matrix (k <= p) or the p x p
+    covariance (k > p), against scikit-learn's Ridge, which minimizes
+    ||Y - X W||^2 + alpha ||W||^2: alpha = k l2reg; and its gradient (a
+    linear solve differentiated by JAX) against finite differences."""
+    with jax.enable_x64(True):
+      model, init, images, _ = _problem(n=n, p=p, dtype=np.float64)
+      targets = jax.nn.softmax(np.random.default_rng(1).normal(size=(n, 3)))
+      config = _config('newton')
+      config.loss = 'squared'
+      solve = inner.make_solver(config, model.apply)
+      result = solve(init, 0.05, images, targets)
+      weights = result.params['params']['Dense_0']['kernel']
+      reference = linear_model.Ridge(alpha=n * 0.05, fit_intercept=False,
+                                     solver='svd').fit(images, targets)
+      np.testing.assert_allclose(weights, reference.coef_.T, rtol=1e-10)
+      self.assertLessEqual(float(result.error), 1e-12)
+
+      probe = np.random.default_rng(2).normal(size=(p, 3))
+
+      @jax.jit
+      def g(l2reg, images, targets):
+        w = solve(init, l2reg, images, targets).params['params']['Dense_0']
+        return jnp.sum(w['kernel'] * probe)
+
+      args = (jnp.float64(0.05), jnp.asarray(images), targets)
+      grads = jax.jit(jax.grad(g, argnums=(0, 1, 2)))(*args)
+      rng = np.random.default_rng(3)
+      for i, arg in enumerate(args):
+        direction = rng.normal(size=np.shape(arg))
+        eps = 1e-6
+        plus = list(args); plus[i] = arg + eps * direction
+        minus = list(args); minus[i] = arg - eps * direction
+        numeric = (g(*plus) - g(*minus)) / (2 * eps)
+        np.testing.assert_allclose(jnp.sum(grads[i] * direction), numeric,
+                                   rtol=1e-7, atol=1e-10)
+
   def test_bad_config_values(self):
     model, init, *_ = _problem()
     with self.assertRaisesRegex(errors.UserError, 'config.inner.solver'):
@@ -157,6 +195,12 @@ class InnerTest(parameterized.TestCase):
     with self.assertRaisesRegex(errors.UserError,
                                 'config.inner.implicit_solve=direct'):
       inner.make_solver(_config('newton', implicit_solve='lu'), model.apply)
+    bad_loss = _config('newton')
+    bad_loss.loss = 'hinge'
+    with self.assertRaisesRegex(errors.UserError,
+                                "^config.inner.loss='hinge' is unknown; use "
+                                'one of logistic, squared.$'):
+      inner.make_solver(bad_loss, model.apply)
 
 
 if __name__ == '__main__':

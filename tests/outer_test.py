@@ -247,6 +247,7 @@ class OuterTest(parameterized.TestCase):
       ('schedule', 'optimizer.schedule', 'linear?'),
       ('dataset', 'data.dataset', 'imagenet'),
       ('features', 'model.features', 'resnet?'),
+      ('loss', 'inner.loss', 'hinge'),
       ('augment', 'distill.augment', 'crop_blur'),
   )
   def test_bad_config_is_reported_by_field(self, field, value):
@@ -299,6 +300,15 @@ def _logistic_regression(features, targets, l2reg, iterations=30):
 _SOLVERS = (('gradient_descent', 'cg'), ('lbfgs', 'cg'), ('newton', 'direct'))
 
 
+def _ridge_regression(features, targets, l2reg):
+  """argmin_W mean ||features W - targets||^2 / 2 + l2reg / 2 ||W||^2 by
+  least squares on the rows stacked with sqrt(k l2reg) I (NumPy, float64)."""
+  k, d = features.shape
+  stacked = np.concatenate([features, np.sqrt(k * l2reg) * np.eye(d)])
+  padded = np.concatenate([targets, np.zeros((d, targets.shape[1]))])
+  return np.linalg.lstsq(stacked, padded, rcond=None)[0]
+
+
 def _feature_config(features, solver, implicit_solve, **inner):
   """A tiny random-feature problem with every outer parameter learned."""
   config = _config(solver=solver, implicit_solve=implicit_solve, **inner)
@@ -318,13 +328,22 @@ class FeatureOuterTest(parameterized.TestCase):
        for features in ('conv', 'mlp') for solver in _SOLVERS] +
       # Augmentation acts before the solver; one solver (of the cheapest
       # compile) covers its gradient.
-      [('conv_newton_augmented', 'conv', ('newton', 'direct'), 'crop_scale')])
+      [('conv_newton_augmented', 'conv', ('newton', 'direct'), 'crop_scale'),
+       # The squared head (a closed form: the solver plays no part), on the
+       # features of trained pool members instead of random networks.
+       ('mlp_squared_pool', 'mlp', ('newton', 'direct'), 'none', 'squared',
+        True)])
   def test_hypergradient_matches_finite_differences_cold_and_warm(
-      self, features, solver, strategy):
+      self, features, solver, strategy, loss='logistic', pool=False):
     # A tight tol: the finite differences divide the solutions' errors by
     # eps.
     config = _feature_config(features, *solver, tol=1e-12, maxiter=5000,
-                             implicit_tol=1e-12)
+                             implicit_tol=1e-12, loss=loss)
+    if pool:
+      config.model.pool_size = 2
+      config.model.pool_learning_rate = 0.05
+    fit_head = {'logistic': _logistic_regression,
+                'squared': _ridge_regression}[loss]
     config.distill.augment = strategy
     train = _train_split(config, 101)
     with jax.enable_x64(True):
@@ -332,6 +351,19 @@ class FeatureOuterTest(parameterized.TestCase):
       # A non-trivial temperature, so its gradient is tested too.
       params['log_temperature'] = jnp.asarray(0.5, jnp.float64)
       nets = distiller.draw_nets(jax.random.PRNGKey(3))
+      if pool:  # Both members after 3 steps on the set.
+        train_members = jax.jit(lambda members, params: distiller.pool.train(
+            members, [0, 1], *distiller.hyperparams(params)[1:],
+            jax.random.PRNGKey(4)))
+        fresh = jax.jit(distiller.pool.init)(jax.random.PRNGKey(3))
+        members = fresh
+        for _ in range(3):
+          members = train_members(members, params)
+        np.testing.assert_array_equal(members['age'], [3, 53])
+        nets = distiller.pool.feature_nets(members, [0, 1])
+        self.assertGreater(max(np.abs(a - b).max() for a, b in zip(
+            jax.tree.leaves(members['features']),
+            jax.tree.leaves(fresh['features']))), 0.01)
       # This key draws scale for one net and crop for the other.
       augment_key = None if strategy == 'none' else jax.random.PRNGKey(1)
       pmapped = _pmap_on(1, lambda p_init, b: (
@@ -340,8 +372,9 @@ class FeatureOuterTest(parameterized.TestCase):
       step = lambda init: pmapped((params, init), shard)
       grads, metrics, solution = step(None)
 
-      # An independent outer loss: each net's head fit by a NumPy Newton
-      # solve on its features of the images (net i's augmented with the
+      # An independent outer loss: each net's head fit in NumPy (Newton's
+      # method, or least squares for the squared loss) on its features of
+      # the images (net i's augmented with the
       # draw of fold_in(augment_key, i)); the mean over nets of the tempered
       # mean cross-entropy on the batch.
       shape = (-1,) + distiller.info.image_shape
@@ -366,7 +399,7 @@ class FeatureOuterTest(parameterized.TestCase):
         total = 0.0
         for head_features, features in zip(np.asarray(head_phi(images)),
                                            batch_features):
-          w = _logistic_regression(head_features, targets, l2reg)
+          w = fit_head(head_features, targets, l2reg)
           logits = features @ w * np.exp(params['log_temperature'])
           total += np.mean(scipy.special.logsumexp(logits, -1) - logits[
               np.arange(len(logits)), train.labels])
@@ -376,8 +409,9 @@ class FeatureOuterTest(parameterized.TestCase):
                                  rtol=1e-9)
       _check_directional_derivatives(grads, params, outer_loss, 2)
       # Warm: from each net's solution, exact and perturbed; without
-      # augmentation only, as a start does not touch the images.
-      if augment_key is None:
+      # augmentation only, as a start does not touch the images (and the
+      # squared loss's closed form takes no start).
+      if augment_key is None and loss == 'logistic':
         for start in (solution, jax.tree.map(lambda x: x * 1.01, solution)):
           warm, _, _ = step(start)
           for name in grads:
@@ -390,19 +424,38 @@ class FeatureOuterTest(parameterized.TestCase):
                     'sets XLA_FLAGS=--xla_force_host_platform_device_count=8)')
     config = _feature_config('conv', 'newton', 'direct', tol=1e-5)
     config.distill.augment = 'crop'  # Its draws too are the same everywhere.
+    # From a pool, whose members train and renew identically everywhere:
+    # ages 0, 1; member 0 is trained at step 0, member 1 renewed at step 1.
+    config.model.nets_per_step = 1
+    config.model.pool_size = 2
+    config.model.pool_max_updates = 2
+    config.model.pool_learning_rate = 0.05
     train = _train_split(config, 203)
     distiller = outer.Distiller(config)
     state = distiller.init_state(jax.random.PRNGKey(0))
     steps = lambda s, b: distiller.train_steps(s, b, num_steps=2)
     one_state, one_metrics = _pmap_on(1, steps)(
         state, parallel.shard_split(train, 1))
-    four_state, four_metrics = _pmap_on(4, steps)(
-        state, parallel.shard_split(train, 4))
-    np.testing.assert_allclose(four_metrics['loss'], one_metrics['loss'],
+    # Every device's copy of the state, not only the first.
+    four_states, four_metrics = jax.pmap(
+        steps, axis_name=parallel.AXIS, in_axes=(None, 0),
+        devices=jax.local_devices()[:4])(state, parallel.shard_split(train,
+                                                                     4))
+    for leaf in jax.tree.leaves(four_states):
+      for copy in leaf[1:]:
+        np.testing.assert_array_equal(copy, leaf[0])
+    four_state = jax.tree.map(lambda x: x[0], four_states)
+    np.testing.assert_allclose(four_metrics['loss'][0], one_metrics['loss'],
                                rtol=1e-5)
     for name in state.params:
       np.testing.assert_allclose(four_state.params[name],
                                  one_state.params[name], rtol=1e-4, atol=1e-6)
+    for pool in (one_state.pool, four_state.pool):
+      np.testing.assert_array_equal(pool['age'], [1, 0])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                         atol=1e-6),
+                 four_state.pool, one_state.pool)
+    self.assertGreater(np.abs(one_state.pool['head']['kernel'][0]).max(), 0)
 
   def test_steps_depend_only_on_the_state(self):
     # What makes resume bit-exact: the nets and the augmentation come from

@@ -72,6 +72,31 @@ class TrainLibTest(absltest.TestCase):
         os.listdir(checkpointing.checkpoint_dir(split_dir,
                                                 checkpointing.BEST)))
 
+  def test_a_pool_run_resumes_exactly(self):
+    """The pool's members, optimizer states and ages are saved and restored
+    with the rest of the state."""
+    config = test_config.get_config()
+    config.num_steps = 4
+    config.model.features = 'mlp'
+    config.model.width = 8
+    config.model.depth = 1
+    config.model.nets_per_step = 1
+    config.model.pool_size = 2
+    config.model.pool_max_updates = 3
+    config.eval_every_steps = 4  # The best checkpoint: the last one.
+    full_dir = self.create_tempdir().full_path
+    full = train_lib.train_and_evaluate(config, full_dir)
+    self.assertEqual(full.pool['age'].tolist(), [2, 0])  # Member 1 renewed.
+    # The same run as if stopped after step 2: its checkpoints up to then.
+    split_dir = os.path.join(self.create_tempdir().full_path, 'split')
+    shutil.copytree(full_dir, split_dir)
+    for name in (checkpointing.LATEST, checkpointing.BEST):
+      shutil.rmtree(os.path.join(
+          checkpointing.checkpoint_dir(split_dir, name), '4'))
+    self.assertEqual(_steps(split_dir), [2])
+    resumed = train_lib.train_and_evaluate(config, split_dir)
+    jax.tree.map(np.testing.assert_array_equal, resumed, full)
+
   def test_finished_run_does_no_more_steps(self):
     config = test_config.get_config()
     workdir = self.create_tempdir().full_path
