@@ -18,7 +18,7 @@ train: $(VENV)/.installed
 	$(PYTHON) eval.py --workdir=$(WORKDIR)
 
 test: $(VENV)/.installed
-	$(PYTHON) -m pytest -n auto --maxprocesses=4 tests
+	$(PYTHON) -m pytest -n auto --maxprocesses=4 --dist=worksteal tests
 
 clean:
 	rm -rf $(VENV) workdirs
