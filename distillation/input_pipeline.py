@@ -42,9 +42,10 @@ DATASETS = {
 }
 IDX_DATASETS = ('mnist', 'fashion_mnist')
 SPLITS = ('train', 'test')
+# The original file names, each read as is or with a `.gz` suffix.
 _IDX_FILES = {
-    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
-    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
+    'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+    'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
 }
 _DIGITS_TEST_SIZE = 360  # ~20% of the 1797 digits, held out with a fixed seed.
 
@@ -221,14 +222,15 @@ def _load_tfds(name: str, split: str,
 
 
 def read_idx(path: str) -> np.ndarray:
-  """Reads one gzipped idx file (the MNIST format) of unsigned bytes."""
+  """Reads one idx file (the MNIST format) of unsigned bytes, gzipped if
+  its name ends in `.gz`."""
   try:
-    with gzip.open(path, 'rb') as f:
+    with (gzip.open if path.endswith('.gz') else open)(path, 'rb') as f:
       data = f.read()
   except (OSError, EOFError, zlib.error) as e:  # EOFError: a cut-off .gz.
     raise errors.UserError(
         f'cannot read idx file {path} ({type(e).__name__}: {e}); '
-        'config.data.idx_dir must hold complete gzipped idx files.') from e
+        'config.data.idx_dir must hold complete idx files.') from e
   if len(data) < 4 or data[:2] != b'\0\0' or data[2] != 0x08:
     raise errors.UserError(f'{path} is not an idx file of unsigned bytes '
                            '(bad magic number).')
@@ -243,17 +245,28 @@ def read_idx(path: str) -> np.ndarray:
   return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
 
+def find_idx_file(idx_dir: str, name: str) -> str:
+  """The path of idx file `name` in `idx_dir`, as is or gzipped."""
+  paths = [os.path.join(idx_dir, name + suffix) for suffix in ('', '.gz')]
+  found = [path for path in paths if os.path.isfile(path)]
+  if not found:
+    raise errors.UserError(
+        f'config.data.idx_dir={idx_dir!r} lacks {name} (or {name}.gz).')
+  if len(found) > 1:
+    # Either could be stale; reading one silently would hide which.
+    raise errors.UserError(
+        f'config.data.idx_dir={idx_dir!r} holds both {name} and {name}.gz; '
+        'keep one.')
+  return found[0]
+
+
 def _load_idx(idx_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   if not os.path.isdir(idx_dir):
     raise errors.UserError(
         f'config.data.idx_dir={idx_dir!r} is not a directory; point it at the '
         f'folder holding {", ".join(_IDX_FILES["train"] + _IDX_FILES["test"])}.'
     )
-  image_file, label_file = (os.path.join(idx_dir, f) for f in _IDX_FILES[split])
-  for path in (image_file, label_file):
-    if not os.path.isfile(path):
-      raise errors.UserError(
-          f'config.data.idx_dir={idx_dir!r} lacks {os.path.basename(path)}.')
+  image_file, label_file = (find_idx_file(idx_dir, f) for f in _IDX_FILES[split])
   images, labels = read_idx(image_file), read_idx(label_file)
   if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
     raise errors.UserError(
