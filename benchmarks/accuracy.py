@@ -27,6 +27,9 @@ from absl import app
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from distillation import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where runs and the table go.')
 flags.DEFINE_list('configs', [], 'Config names under configs/.')
@@ -134,6 +137,19 @@ def table(rows: list[dict]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def _panel(run: dict) -> tuple[str, int]:
+  """The plot panel and images per class of a run: fashion_mnist_conv_ipc10_cpu
+  is panel fashion_mnist_conv_cpu at 10; a seed config named after its
+  dataset (mnist) is a panel of its own, at its distilled set's size."""
+  match = re.fullmatch(r'(.*)_ipc(\d+)(_\w+)?', run['config'])
+  if match:
+    return match[1] + (match[3] or ''), int(match[2])
+  images = next(r['images'] for r in run['table']
+                if r['method'] == 'distilled')
+  classes = input_pipeline.DATASETS[run['config']].num_classes
+  return f'{run["config"]} (seed setting)', images // classes
+
+
 def plot(rows: list[dict], path: str) -> bool:
   """Accuracy against images per class: a panel per dataset and evaluator.
   Returns False (and draws nothing) without matplotlib."""
@@ -145,9 +161,7 @@ def plot(rows: list[dict], path: str) -> bool:
     return False
   panels = {}
   for run in rows:
-    # fashion_mnist_conv_ipc10_cpu: panel fashion_mnist_conv_cpu, x = 10.
-    match = re.fullmatch(r'(.*)_ipc(\d+)(_\w+)?', run['config'])
-    dataset, ipc = match[1] + (match[3] or ''), match[2]
+    dataset, ipc = _panel(run)
     for evaluator, cells in evaluator_rows(run).items():
       panels.setdefault((dataset, evaluator), []).append((int(ipc), cells))
   datasets = list(dict.fromkeys(d for d, _ in panels))
