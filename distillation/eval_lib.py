@@ -104,8 +104,13 @@ def evaluate(workdir: str, export: str | None = None, which: str = 'best',
     config.eval = ml_collections.ConfigDict(eval_config.to_dict())
   nets = evaluators(config)
   recipes = net_recipes(config)
+  # The test files are checked here, when first loaded (train.py loads
+  # the training files only).
+  digests = input_pipeline.IdxDigests(workdir)
   train, validation, test = input_pipeline.load_train_validation_test(
-      config.data)
+      config.data, digests)
+  if jax.process_index() == 0:
+    digests.save()
   l2reg, images, targets = distiller.hyperparams(state.params)
   # With random features, the linear rows are heads on the features of one
   # fixed network, the first that validation uses.
