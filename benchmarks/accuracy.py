@@ -87,8 +87,9 @@ def _commit() -> str:
 
 def full_data_costs(rows: list[dict]) -> set[str]:
   """'; dataset evaluator: N s' for each network full-data row."""
-  return {f'; {run["config"].rpartition("_ipc")[0]} {r["evaluator"]}: '
-          f'{r["seconds"]:.0f} s' for run in rows
+  # A seed config (mnist) is named after its dataset.
+  return {f'; {run["config"].rpartition("_ipc")[0] or run["config"]} '
+          f'{r["evaluator"]}: {r["seconds"]:.0f} s' for run in rows
           for r in run.get('net_table', []) if r['method'] == 'full_data'}
 
 
