@@ -139,8 +139,9 @@ class IdxDigests:
                     message)
 
   def save(self) -> None:
-    """Writes the record, if there is a workdir and it exists."""
-    if not self.path or not os.path.isdir(os.path.dirname(self.path)):
+    """Writes the record, if any file was checked and the workdir exists."""
+    if not (self.files and self.path and
+            os.path.isdir(os.path.dirname(self.path))):
       return
     with open(self.path + '.tmp', 'w') as f:
       json.dump(self.files, f, indent=2, sort_keys=True)
