@@ -14,8 +14,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = 'digits'  # mnist | fashion_mnist | cifar10 | digits
-  # A directory of MNIST-format idx .gz files, read instead of TFDS.
+  # A directory of MNIST-format idx files (gzipped or not), read instead of
+  # TFDS. Files of mnist and fashion_mnist must have the originals' digests
+  # (a damaged file stops the run), unless verify_digests is False.
   config.data.idx_dir = config_dict.placeholder(str)
+  config.data.verify_digests = True
   config.data.tfds_data_dir = config_dict.placeholder(str)  # Passed to TFDS.
   config.data.validation_size = 200  # Carved from the training split.
   config.data.split_seed = 0  # Fixes which training examples validate.

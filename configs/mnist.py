@@ -1,4 +1,5 @@
-"""The seed's setting on TFDS MNIST: 10 images, l2reg 0.1, noise init."""
+"""The seed's setting on MNIST (TFDS, or idx files via
+`--config.data.idx_dir=DIR`): 10 images, l2reg 0.1, noise init."""
 
 from configs import default
 

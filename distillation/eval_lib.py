@@ -87,8 +87,13 @@ def evaluate(workdir: str, export: str | None = None, which: str = 'best',
   check_config(config)
   nets = evaluators(config)
   recipes = net_eval.recipes(config)
+  # The test files are checked here, when first loaded (train.py loads
+  # the training files only).
+  digests = input_pipeline.IdxDigests(workdir)
   train, validation, test = input_pipeline.load_train_validation_test(
-      config.data)
+      config.data, digests)
+  if jax.process_index() == 0:
+    digests.save()
   l2reg, images, targets = distiller.hyperparams(state.params)
   table = linear_eval.evaluate(distiller, state.params, train, validation,
                                test, baselines=baselines and 'linear' in nets)

@@ -2,16 +2,21 @@
 
 The outer problem reads the full training split at every step, so the data is
 held in memory (and later on device) instead of streamed. Three sources share
-one interface, `load_split`: TFDS, a directory of MNIST-format idx files, and
-scikit-learn's bundled 8x8 digits. TFDS and scikit-learn are imported only
-when their source is used, so the algorithmic core needs neither.
+one interface, `load_split`: TFDS, a directory of MNIST-format idx files
+(gzipped or not), and scikit-learn's bundled 8x8 digits. TFDS and
+scikit-learn are imported only when their source is used, so the algorithmic
+core needs neither. Idx files of a dataset whose originals are known are
+checked against their digests (`IdxDigests`).
 """
 
 import dataclasses
 import gzip
+import hashlib
+import json
 import os
 import zlib
 
+from absl import logging
 import ml_collections
 import numpy as np
 
@@ -42,10 +47,30 @@ DATASETS = {
 }
 IDX_DATASETS = ('mnist', 'fashion_mnist')
 SPLITS = ('train', 'test')
+# The original file names, each read as is or with a `.gz` suffix.
 _IDX_FILES = {
-    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
-    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
+    'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+    'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
 }
+# MD5 of each original file's uncompressed bytes, so that a file checks the
+# same gzipped or not (Debian recompresses Fashion-MNIST: its .gz digests
+# differ from the publisher's, its contents' do not). MD5 is enough here: it
+# catches damage and substitutes, not tampering.
+KNOWN_DIGESTS = {
+    'mnist': {
+        'train-images-idx3-ubyte': '6bbc9ace898e44ae57da46a324031adb',
+        'train-labels-idx1-ubyte': 'a25bea736e30d166cdddb491f175f624',
+        't10k-images-idx3-ubyte': '2646ac647ad5339dbf082846283269ea',
+        't10k-labels-idx1-ubyte': '27ae3e4e09519cfbb04c329615203637',
+    },
+    'fashion_mnist': {
+        'train-images-idx3-ubyte': 'f4a8712d7a061bf5bd6d2ca38dc4d50a',
+        'train-labels-idx1-ubyte': '9018921c3c673c538a1fc5bad174d6f9',
+        't10k-images-idx3-ubyte': '8181f5470baa50b63fa0f6fddb340f0a',
+        't10k-labels-idx1-ubyte': '15d484375f8d13e6eb1aabb0c3f46965',
+    },
+}
+DIGESTS_NAME = 'data_digests.json'  # In the workdir: the files checked.
 _DIGITS_TEST_SIZE = 360  # ~20% of the 1797 digits, held out with a fixed seed.
 
 
@@ -63,6 +88,66 @@ class Split:
     return Split(self.images[index], self.labels[index])
 
 
+class IdxDigests:
+  """Checks idx files against `known` digests (dataset -> file -> MD5) when
+  they are first loaded.
+
+  With a `workdir`, the files checked (path, size, modification time, MD5)
+  are kept in `<workdir>/data_digests.json` by `save`: a resume or eval.py
+  then trusts an unchanged file without hashing it again, and the workdir
+  records which data it was made from.
+  """
+
+  def __init__(self, workdir: str | None = None,
+               known: dict[str, dict[str, str]] | None = None):
+    self.known = KNOWN_DIGESTS if known is None else known
+    self.path = workdir and os.path.join(workdir, DIGESTS_NAME)
+    self.files = {}
+    if self.path and os.path.isfile(self.path):
+      try:
+        with open(self.path) as f:
+          self.files = json.load(f)
+      except (OSError, ValueError):  # A damaged record: check again.
+        logging.warning('Ignoring unreadable %s.', self.path)
+
+  def check(self, data_config: ml_collections.ConfigDict, path: str,
+            data: bytes) -> None:
+    """Raises a UserError if `data`, read from `path`, is not the original
+    file of its name; only logs it with config.data.verify_digests=False."""
+    name = os.path.basename(path).removesuffix('.gz')
+    expected = self.known.get(data_config.dataset, {}).get(name)
+    if expected is None:
+      return
+    path = os.path.abspath(path)
+    stat = os.stat(path)
+    key = {'size': stat.st_size, 'mtime_ns': stat.st_mtime_ns}
+    entry = self.files.get(path, {})
+    if {k: entry.get(k) for k in key} == key:
+      md5 = entry['md5']
+    else:
+      md5 = hashlib.md5(data).hexdigest()
+      self.files[path] = {**key, 'md5': md5}
+    if md5 == expected:
+      return
+    message = (f'{path} has MD5 {md5} (uncompressed), not {expected} of the '
+               f'original {data_config.dataset} {name}')
+    if data_config.get('verify_digests', True):
+      raise errors.UserError(
+          f'{message}; fetch the file again (docs/operations.md), or set '
+          'config.data.verify_digests=False to use it as it is.')
+    logging.warning('%s; used as it is (config.data.verify_digests=False).',
+                    message)
+
+  def save(self) -> None:
+    """Writes the record, if any file was checked and the workdir exists."""
+    if not (self.files and self.path and
+            os.path.isdir(os.path.dirname(self.path))):
+      return
+    with open(self.path + '.tmp', 'w') as f:
+      json.dump(self.files, f, indent=2, sort_keys=True)
+    os.replace(self.path + '.tmp', self.path)
+
+
 def dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
   """Returns the static description of `data_config.dataset`."""
   name = data_config.dataset
@@ -77,13 +162,15 @@ def dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
   return DATASETS[name]
 
 
-def load_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
-  """Loads `split` ('train' or 'test') of the configured dataset."""
+def load_split(data_config: ml_collections.ConfigDict, split: str,
+               digests: IdxDigests | None = None) -> Split:
+  """Loads `split` ('train' or 'test') of the configured dataset; idx files
+  are checked by `digests` (default: against KNOWN_DIGESTS)."""
   info = dataset_info(data_config)
   if split not in SPLITS:
     raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
   if data_config.get('idx_dir'):
-    images, labels = _load_idx(data_config.idx_dir, split)
+    images, labels = _load_idx(data_config, split, digests or IdxDigests())
   elif data_config.dataset == 'digits':
     images, labels = _load_digits(split)
   else:
@@ -118,27 +205,31 @@ def train_validation_split(train: Split, validation_size: int,
 
 
 def load_train_and_validation(
-    data_config: ml_collections.ConfigDict) -> tuple[Split, Split]:
+    data_config: ml_collections.ConfigDict,
+    digests: IdxDigests | None = None) -> tuple[Split, Split]:
   """The training and validation splits, preprocessed (`Preprocessing`)."""
-  train, validation, _ = _train_validation_preprocessing(data_config)
+  train, validation, _ = _train_validation_preprocessing(data_config, digests)
   return train, validation
 
 
 def load_train_validation_test(
-    data_config: ml_collections.ConfigDict) -> tuple[Split, Split, Split]:
+    data_config: ml_collections.ConfigDict,
+    digests: IdxDigests | None = None) -> tuple[Split, Split, Split]:
   """As `load_train_and_validation`, and the test split preprocessed the
   same way (with statistics of the training split)."""
-  train, validation, preprocess = _train_validation_preprocessing(data_config)
-  return train, validation, preprocess(load_split(data_config, 'test'))
+  train, validation, preprocess = _train_validation_preprocessing(
+      data_config, digests)
+  return train, validation, preprocess(
+      load_split(data_config, 'test', digests))
 
 
 def _train_validation_preprocessing(
-    data_config: ml_collections.ConfigDict
+    data_config: ml_collections.ConfigDict, digests: IdxDigests | None
 ) -> tuple[Split, Split, 'Preprocessing']:
   """The preprocessed training and validation splits, and the
   preprocessing, fit on the former."""
   train, validation = train_validation_split(
-      load_split(data_config, 'train'), data_config.validation_size,
+      load_split(data_config, 'train', digests), data_config.validation_size,
       data_config.split_seed)
   preprocess = Preprocessing.fit(data_config, train)
   return preprocess(train), preprocess(validation), preprocess
@@ -223,15 +314,20 @@ def _load_tfds(name: str, split: str,
   return images.astype(np.float32) / 255.0, labels
 
 
-def read_idx(path: str) -> np.ndarray:
-  """Reads one gzipped idx file (the MNIST format) of unsigned bytes."""
+def read_idx_bytes(path: str) -> bytes:
+  """The bytes of one idx file, uncompressed if its name ends in `.gz`."""
   try:
-    with gzip.open(path, 'rb') as f:
-      data = f.read()
+    with (gzip.open if path.endswith('.gz') else open)(path, 'rb') as f:
+      return f.read()
   except (OSError, EOFError, zlib.error) as e:  # EOFError: a cut-off .gz.
     raise errors.UserError(
         f'cannot read idx file {path} ({type(e).__name__}: {e}); '
-        'config.data.idx_dir must hold complete gzipped idx files.') from e
+        'config.data.idx_dir must hold complete idx files.') from e
+
+
+def parse_idx(data: bytes, path: str) -> np.ndarray:
+  """The array in idx file `data` (the MNIST format) of unsigned bytes;
+  `path` names it in errors."""
   if len(data) < 4 or data[:2] != b'\0\0' or data[2] != 0x08:
     raise errors.UserError(f'{path} is not an idx file of unsigned bytes '
                            '(bad magic number).')
@@ -246,18 +342,37 @@ def read_idx(path: str) -> np.ndarray:
   return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
 
-def _load_idx(idx_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+def find_idx_file(idx_dir: str, name: str) -> str:
+  """The path of idx file `name` in `idx_dir`, as is or gzipped."""
+  paths = [os.path.join(idx_dir, name + suffix) for suffix in ('', '.gz')]
+  found = [path for path in paths if os.path.isfile(path)]
+  if not found:
+    raise errors.UserError(
+        f'config.data.idx_dir={idx_dir!r} lacks {name} (or {name}.gz).')
+  if len(found) > 1:
+    # Either could be stale; reading one silently would hide which.
+    raise errors.UserError(
+        f'config.data.idx_dir={idx_dir!r} holds both {name} and {name}.gz; '
+        'keep one.')
+  return found[0]
+
+
+def _load_idx(data_config: ml_collections.ConfigDict, split: str,
+              digests: IdxDigests) -> tuple[np.ndarray, np.ndarray]:
+  idx_dir = data_config.idx_dir
   if not os.path.isdir(idx_dir):
     raise errors.UserError(
         f'config.data.idx_dir={idx_dir!r} is not a directory; point it at the '
         f'folder holding {", ".join(_IDX_FILES["train"] + _IDX_FILES["test"])}.'
     )
-  image_file, label_file = (os.path.join(idx_dir, f) for f in _IDX_FILES[split])
-  for path in (image_file, label_file):
-    if not os.path.isfile(path):
-      raise errors.UserError(
-          f'config.data.idx_dir={idx_dir!r} lacks {os.path.basename(path)}.')
-  images, labels = read_idx(image_file), read_idx(label_file)
+  arrays = []
+  for name in _IDX_FILES[split]:
+    path = find_idx_file(idx_dir, name)
+    data = read_idx_bytes(path)
+    # Before parsing: a damaged header is then reported as damage.
+    digests.check(data_config, path, data)
+    arrays.append(parse_idx(data, path))
+  images, labels = arrays
   if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
     raise errors.UserError(
         f'{idx_dir}: {split} images {images.shape} and labels {labels.shape} '

@@ -260,7 +260,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdirs.check(workdir)
   distiller = outer.Distiller(config)
   eval_lib.check_config(config)
-  train, validation = input_pipeline.load_train_and_validation(config.data)
+  digests = input_pipeline.IdxDigests(workdir)
+  train, validation = input_pipeline.load_train_and_validation(config.data,
+                                                               digests)
   _check_loop_config(config, len(train))
   distiller.check_train_split(train)
   problem = checkpointing.describe_problem(config, distiller.info,
@@ -272,6 +274,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return template
 
   workdirs.create(workdir)
+  if jax.process_index() == 0:
+    digests.save()
   with errors.disk_full_is_user_error(
       f'the disk of --workdir={workdir} is full; free some space and run the '
       'same command to resume from the newest complete checkpoint.'

@@ -175,6 +175,7 @@ class TrainLibTest(absltest.TestCase):
     config = test_config.get_config()
     config.num_steps = 2
     config.data.dataset = 'mnist'
+    config.data.verify_digests = False  # Random files, not the originals.
     config.data.validation_size = 20
     config.data.idx_dir = os.path.join(directory, 'a')
     workdir = self.create_tempdir().full_path
