@@ -131,8 +131,8 @@ class EndToEndTest(parameterized.TestCase):
     load = input_pipeline.load_train_and_validation
     before = signal.getsignal(signal.SIGTERM)
 
-    def load_then_sigterm(data_config):
-      splits = load(data_config)
+    def load_then_sigterm(*args):
+      splits = load(*args)
       signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
       return splits
 
