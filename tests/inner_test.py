@@ -27,6 +27,19 @@ def _config(solver, tol=1e-6, maxiter=2000, implicit_solve=None,
       implicit_tol=implicit_tol))
 
 
+def _check_partials(grads, value, args, eps, rtol, atol):
+  """grads[i] along a random direction against central differences of
+  value in args[i], for each argument."""
+  rng = np.random.default_rng(3)
+  for i, arg in enumerate(args):
+    direction = rng.normal(size=np.shape(arg))
+    plus = list(args); plus[i] = arg + eps * direction
+    minus = list(args); minus[i] = arg - eps * direction
+    numeric = (value(*plus) - value(*minus)) / (2 * eps)
+    np.testing.assert_allclose(jnp.sum(grads[i] * direction), numeric,
+                               rtol=rtol, atol=atol)
+
+
 def _problem(n=12, p=5, k=3, seed=0, dtype=np.float32):
   rng = np.random.default_rng(seed)
   images = rng.normal(size=(n, p)).astype(dtype)
@@ -102,15 +115,7 @@ class InnerTest(parameterized.TestCase):
       args = (jnp.float64(0.1), jnp.asarray(images), targets)
       grads = jax.jit(jax.grad(make_g(solver, implicit_solve),
                                argnums=(0, 1, 2)))(*args)
-      rng = np.random.default_rng(3)
-      for i, arg in enumerate(args):
-        direction = rng.normal(size=np.shape(arg))
-        eps = 1e-5
-        plus = list(args); plus[i] = arg + eps * direction
-        minus = list(args); minus[i] = arg - eps * direction
-        numeric = (reference(*plus) - reference(*minus)) / (2 * eps)
-        analytic = jnp.sum(grads[i] * direction)
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
+      _check_partials(grads, reference, args, eps=1e-5, rtol=1e-6, atol=1e-9)
 
   @parameterized.parameters(
       ('gradient_descent', 'cg'), ('lbfgs', 'cg'), ('newton', 'direct'))
@@ -171,15 +176,7 @@ class InnerTest(parameterized.TestCase):
 
       args = (jnp.float64(0.05), jnp.asarray(images), targets)
       grads = jax.jit(jax.grad(g, argnums=(0, 1, 2)))(*args)
-      rng = np.random.default_rng(3)
-      for i, arg in enumerate(args):
-        direction = rng.normal(size=np.shape(arg))
-        eps = 1e-6
-        plus = list(args); plus[i] = arg + eps * direction
-        minus = list(args); minus[i] = arg - eps * direction
-        numeric = (g(*plus) - g(*minus)) / (2 * eps)
-        np.testing.assert_allclose(jnp.sum(grads[i] * direction), numeric,
-                                   rtol=1e-7, atol=1e-10)
+      _check_partials(grads, g, args, eps=1e-6, rtol=1e-7, atol=1e-10)
 
   def test_bad_config_values(self):
     model, init, *_ = _problem()
