@@ -21,6 +21,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -86,12 +87,30 @@ def _portable(arg: str) -> str:
   return f'{name}=DIR' if sep and name.endswith('_dir') else arg
 
 
-def _run(args: list[str], log: str) -> None:
+def _run(args: list[str], log: str) -> float:
+  """Runs a script of the repository; its wall time in seconds."""
+  start = time.time()
   with open(log, 'a') as f:
     code = subprocess.run([sys.executable, *args], cwd=ROOT, stdout=f,
                           stderr=subprocess.STDOUT, check=False).returncode
   if code:
     sys.exit(f'ERROR: {args[0]} exited with {code}; its output is in {log}.')
+  return time.time() - start
+
+
+def evaluator_columns(results: list[dict]) -> list[str]:
+  """The network evaluators of the results, in their order."""
+  return list(dict.fromkeys(row['evaluator'] for r in results
+                            for row in r['net_table']))
+
+
+def cell(result: dict, evaluator: str, labels: str) -> str:
+  rows = [row for row in result['net_table'] if row['evaluator'] == evaluator
+          and row['method'] == 'distilled' and row['labels'] == labels]
+  if not rows:
+    return '—'
+  return (f'{100 * rows[0]["validation_accuracy"]:.1f} ± '
+          f'{100 * rows[0]["validation_accuracy_std"]:.1f}')
 
 
 def main(argv):
@@ -103,45 +122,62 @@ def main(argv):
     workdir = os.path.join(FLAGS.workdir, run_name(FLAGS.config),
                            point_name(point))
     result_path = os.path.join(workdir, 'eval.json')
+    # Wall times live beside the run, so a reused point keeps its own.
+    times_path = os.path.join(workdir, 'tune_times.json')
     if not os.path.exists(result_path):
       os.makedirs(workdir, exist_ok=True)
       overrides = [f'--config.{k}={v}' for k, v in point.items()] + [
           f'--config.data.validation_size={FLAGS.validation_size}']
       log = os.path.join(workdir, 'tune.log')
-      _run(['train.py', f'--config={FLAGS.config}',
-            f'--workdir={workdir}', *overrides, *extra], log)
-      _run(['eval.py', f'--workdir={workdir}', '--nobaselines'], log)
+      times = {'train_seconds': _run(
+          ['train.py', f'--config={FLAGS.config}', f'--workdir={workdir}',
+           *overrides, *extra], log)}
+      times['eval_seconds'] = _run(
+          ['eval.py', f'--workdir={workdir}', '--nobaselines'], log)
+      with open(times_path, 'w') as f:
+        json.dump(times, f)
     with open(result_path) as f:
       result = json.load(f)
+    times = {}
+    if os.path.exists(times_path):
+      with open(times_path) as f:
+        times = json.load(f)
     # Only what the choice reads: eval.py's test numbers stay out of it.
     kept = ('evaluator', 'method', 'labels', 'recipe_name',
             'validation_accuracy', 'validation_accuracy_std')
-    results.append({'point': point, 'net_table': [
+    results.append({'point': point, **times, 'net_table': [
         {k: row[k] for k in kept} for row in result['net_table']]})
     print(f'{point_name(point)}: {score(results[-1], FLAGS.evaluator):.4f}',
           flush=True)
   best = choose(results, FLAGS.evaluator)
   recipe = next(r['recipe_name'] for r in best['net_table']
                 if r['evaluator'] == FLAGS.evaluator)
+  columns = evaluator_columns(results)
   lines = [
-      f'`{FLAGS.config}`: {FLAGS.evaluator} networks ({recipe}) trained on '
-      'each distilled set, mean ± std of their accuracy on '
-      f'{FLAGS.validation_size} held-out training examples (%; the choice '
-      f'does not read the test split). Machine: {platform.machine()}, '
-      f'{os.cpu_count()} CPUs. Command: `python benchmarks/tune.py '
-      f'--config={FLAGS.config} --validation_size={FLAGS.validation_size} ' +
+      f'`{FLAGS.config}`: networks trained on each distilled set by each '
+      'evaluator, mean ± std of their accuracy on '
+      f'{FLAGS.validation_size} held-out training examples (%; the choice, '
+      f'by {FLAGS.evaluator} ({recipe}), does not read the test split); '
+      'train and eval: wall times. Machine: '
+      f'{platform.machine()}, {os.cpu_count()} CPUs. Command: `python '
+      f'benchmarks/tune.py --config={FLAGS.config} '
+      f'--validation_size={FLAGS.validation_size} ' +
       ' '.join(f'--grid={g}' for g in FLAGS.grid) +
+      (f' --evaluator={FLAGS.evaluator}'
+       if FLAGS.evaluator != 'convnet' else '') +
       (' -- ' + ' '.join(_portable(a) for a in extra) if extra else '') +
       '`.', '',
-      '| setting | distilled, soft | distilled, hard | chosen |',
-      '| --- | --- | --- | --- |']
+      '| setting | ' + ' | '.join(f'{c}, {labels}' for c in columns
+                                  for labels in ('soft', 'hard')) +
+      ' | train | eval | chosen |',
+      '| --- ' * (2 * len(columns) + 4) + '|']
   for result in results:
-    cells = {row['labels']: row for row in result['net_table']
-             if row['evaluator'] == FLAGS.evaluator}
-    lines.append(f'| {point_name(result["point"])} | ' + ' | '.join(
-        f'{100 * cells[k]["validation_accuracy"]:.1f} ± '
-        f'{100 * cells[k]["validation_accuracy_std"]:.1f}' if k in cells
-        else '—' for k in ('soft', 'hard')) +
+    lines.append(
+        f'| {point_name(result["point"])} | ' +
+        ' | '.join(cell(result, c, labels) for c in columns
+                   for labels in ('soft', 'hard')) + ' | ' +
+        ' | '.join(f'{result[k]:.0f} s' if k in result else '—'
+                   for k in ('train_seconds', 'eval_seconds')) +
         f' | {"yes" if result is best else ""} |')
   name = run_name(FLAGS.config)
   with open(os.path.join(out, f'tune_{name}.md'), 'w') as f:
