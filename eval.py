@@ -1,5 +1,5 @@
 """Tests a distilled set: `python eval.py --workdir=DIR [--out=FILE.json]
-[--export=FILE.npz]`.
+[--export=FILE.npz] [--step=N]`.
 
 Fits the inner model on the distilled images of the best (by validation
 accuracy) or latest checkpoint, and baselines of the same size, prints their
@@ -31,6 +31,9 @@ flags.DEFINE_string('export', None,
                     'Also save the distilled images and labels to this .npz.')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'],
                   'The best checkpoint by validation accuracy, or the latest.')
+flags.DEFINE_integer('step', None, 'Test this step of the latest '
+                     'checkpoints instead (config.max_checkpoints_to_keep '
+                     'says how many are kept), e.g. for a compute curve.')
 flags.DEFINE_bool('baselines', True, 'Also fit random real images, class '
                   'means and the full training split, for comparison.')
 config_flags.DEFINE_config_file(
@@ -44,7 +47,8 @@ def main(argv):
   try:
     result = eval_lib.evaluate(
         FLAGS.workdir, FLAGS.export, FLAGS.checkpoint, FLAGS.baselines,
-        FLAGS.config.eval if FLAGS.config else None, out=FLAGS.out)
+        FLAGS.config.eval if FLAGS.config else None, out=FLAGS.out,
+        step=FLAGS.step)
   except errors.UserError as e:
     sys.exit(f'ERROR: {e}')
   print(json.dumps(result))

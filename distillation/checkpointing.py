@@ -217,7 +217,8 @@ class Checkpoints:
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
   def restore_newest(
-      self, make_target: Callable[[dict[str, Any]], Any]
+      self, make_target: Callable[[dict[str, Any]], Any],
+      step: int | None = None
   ) -> tuple[Any, dict[str, Any]] | None:
     """Restores the newest checkpoint that can be restored.
 
@@ -225,6 +226,7 @@ class Checkpoints:
       make_target: maps a checkpoint's meta, once its digest holds, to the
         state to restore into; raises a UserError if the checkpoint does not
         fit.
+      step: only this step is tried (one of `all_steps()`).
 
     Returns:
       (state as host arrays, meta), or None if no checkpoint restores. A step
@@ -233,7 +235,7 @@ class Checkpoints:
       read-only, it is moved to `set_aside_dir`, so it is kept for
       inspection but neither retried nor in the way of a new save.
     """
-    for step in reversed(self.all_steps()):
+    for step in reversed(self.all_steps() if step is None else [step]):
       try:
         meta, arrays = self._read(step)
         state = _fill(jax.device_get(make_target(meta)), arrays)

@@ -32,14 +32,16 @@ CHECKPOINTS = {'best': checkpointing.BEST, 'latest': checkpointing.LATEST}
 EVALUATORS = ('linear',) + net_eval.EVALUATORS
 
 
-def load_distilled(workdir: str, which: str = 'latest'
+def load_distilled(workdir: str, which: str = 'latest',
+                   step: int | None = None
                   ) -> tuple[outer.Distiller, outer.OuterState, str]:
   """Restores the newest restorable checkpoint of `workdir`, read-only, with
   the config it was trained with.
 
   `which` is 'latest' or 'best' (by validation accuracy); without a best
   checkpoint that restores, the newest latest one that does is used.
-  Returns the checkpoint used too.
+  `step`: that step of the latest checkpoints instead (how many are kept:
+  config.max_checkpoints_to_keep). Returns the checkpoint used too.
   """
   if which not in CHECKPOINTS:
     raise errors.UserError(f'--checkpoint={which} is unknown; use one of '
@@ -48,6 +50,21 @@ def load_distilled(workdir: str, which: str = 'latest'
     raise errors.UserError(
         f'--workdir={workdir} has no checkpoints/ directory; train into it '
         'first with train.py --workdir.')
+  if step is not None:
+    return _restore(workdir, 'latest', step)
+  for name in dict.fromkeys((which, 'latest')):
+    if os.path.isdir(checkpointing.checkpoint_dir(workdir, CHECKPOINTS[name])):
+      if (restored := _restore(workdir, name)):
+        return restored
+    logging.warning('No %s checkpoint in %s can be restored.', name, workdir)
+  raise errors.UserError(
+      f'no checkpoint in --workdir={workdir} can be restored (the log says '
+      'why); train into this workdir first.')
+
+
+def _restore(workdir: str, name: str, step: int | None = None
+            ) -> tuple[outer.Distiller, outer.OuterState, str] | None:
+  """The newest restorable step (or `step`) of the checkpoints `name`."""
   distillers = []
 
   def target(meta):
@@ -55,32 +72,39 @@ def load_distilled(workdir: str, which: str = 'latest'
         meta['config'])))
     return distillers[-1].state_template()
 
-  for name in dict.fromkeys((which, 'latest')):
-    if os.path.isdir(checkpointing.checkpoint_dir(workdir, CHECKPOINTS[name])):
-      with checkpointing.Checkpoints(workdir, CHECKPOINTS[name],
-                                     read_only=True) as checkpoints:
-        if (restored := checkpoints.restore_newest(target)):
-          return distillers[-1], restored[0], name
-    logging.warning('No %s checkpoint in %s can be restored.', name, workdir)
-  raise errors.UserError(
-      f'no checkpoint in --workdir={workdir} can be restored (the log says '
-      'why); train into this workdir first.')
+  with checkpointing.Checkpoints(workdir, CHECKPOINTS[name],
+                                 read_only=True) as checkpoints:
+    if step is not None and step not in checkpoints.all_steps():
+      raise errors.UserError(
+          f'--step={step} is not among the checkpoints kept in --workdir='
+          f'{workdir} (steps: {", ".join(map(str, checkpoints.all_steps()))}'
+          '); pick one of them, or train with --config.max_checkpoints_to_'
+          'keep large enough to keep it.')
+    if (restored := checkpoints.restore_newest(target, step)):
+      return distillers[-1], restored[0], name
+  if step is not None:
+    raise errors.UserError(f'--step={step}: its checkpoint in --workdir='
+                           f'{workdir} cannot be restored (the log says '
+                           'why); pick another step.')
+  return None
 
 
 def evaluate(workdir: str, export: str | None = None, which: str = 'best',
              baselines: bool = True,
              eval_config: ml_collections.ConfigDict | None = None,
-             out: str | None = None) -> dict[str, Any]:
+             out: str | None = None,
+             step: int | None = None) -> dict[str, Any]:
   """Tests the distilled set of `workdir` (and baselines); writes the result
   to `out`, or the workdir's eval.json.
 
   The `eval` section of the checkpoint's config says how, unless
-  `eval_config` (another config's `eval` section) replaces it.
+  `eval_config` (another config's `eval` section) replaces it. `step`: that
+  step of the latest checkpoints instead of `which`.
   """
   if export:
     export = _check_export(export, workdir)
   result_path = _result_path(workdir, out, export)
-  distiller, state, which = load_distilled(workdir, which)
+  distiller, state, which = load_distilled(workdir, which, step)
   config = distiller.config
   if eval_config is not None:
     config.eval = ml_collections.ConfigDict(eval_config.to_dict())

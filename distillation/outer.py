@@ -429,6 +429,11 @@ class Distiller:
   def train_steps(self, state: OuterState, shard: Batch, *,
                   num_steps: int) -> tuple[OuterState, Metrics]:
     """`num_steps` outer updates in one dispatch; metrics stacked per step."""
+    if num_steps == 1:
+      # Not a loop of one: XLA's CPU backend runs the convolutions of a
+      # model pool's training several times slower inside a loop.
+      state, metrics = self.train_step(state, shard)
+      return state, jax.tree.map(lambda x: x[None], metrics)
     return jax.lax.scan(lambda s, _: self.train_step(s, shard), state,
                         length=num_steps)
 

@@ -10,6 +10,7 @@ from absl.testing import parameterized
 import numpy as np
 
 from configs import test as test_config
+from distillation import checkpointing
 from distillation import errors
 from distillation import eval_lib
 from distillation import input_pipeline
@@ -58,6 +59,22 @@ class EvalLibTest(parameterized.TestCase):
     self.assertLen(latest['table'], 1)
     with self.assertRaisesRegex(errors.UserError, '--checkpoint=newest'):
       eval_lib.load_distilled(self.workdir, 'newest')
+
+  def test_a_kept_step_of_the_latest_checkpoints(self):
+    with checkpointing.Checkpoints(self.workdir, read_only=True) as kept:
+      steps = kept.all_steps()
+    self.assertGreater(len(steps), 1)
+    out = os.path.join(self.create_tempdir().full_path, 'step.json')
+    result = eval_lib.evaluate(self.workdir, baselines=False, out=out,
+                               step=steps[0])
+    self.assertEqual((result['step'], result['checkpoint']),
+                     (steps[0], 'latest'))
+    _, state, _ = eval_lib.load_distilled(self.workdir, step=steps[-1])
+    self.assertEqual(int(state.step), steps[-1])
+    with self.assertRaisesRegex(
+        errors.UserError, r'--step=999 is not among the checkpoints kept .*'
+        rf'\(steps: {", ".join(map(str, steps))}\).*max_checkpoints_to_keep'):
+      eval_lib.evaluate(self.workdir, out=out, step=999)
 
   def test_networks_trained_on_each_set(self):
     eval_config = test_config.get_config().eval
