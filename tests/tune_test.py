@@ -1,16 +1,11 @@
 """Tests of benchmarks/tune.py's grid and choice (not its runs)."""
 
-import importlib.util
-import os
-
 from absl import app
 from absl.testing import absltest
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks',
-                     'tune.py')
-_SPEC = importlib.util.spec_from_file_location('benchmarks_tune', _PATH)
-tune = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(tune)
+from tests import scripts
+
+tune = scripts.load_benchmark('tune')
 
 
 def _result(point, validation, test, labels='soft'):

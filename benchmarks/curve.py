@@ -1,0 +1,193 @@
+"""Validation accuracy against outer steps: the compute curve of a config.
+
+  python train.py --config=configs/conv.py:fashion_mnist,ipc=10,size=cpu \
+      --workdir=workdirs/curve/random --config.num_steps=3000 \
+      --config.checkpoint_every_steps=100 --config.max_checkpoints_to_keep=100
+  python benchmarks/curve.py --run=random=workdirs/curve/random \
+      [--run=pool=workdirs/curve/pool] --steps=300,1000,3000 \
+      --name=conv_fashion_mnist_ipc=10_size=cpu --out=benchmarks/curve
+
+Each --run (LABEL=WORKDIR) is one train.py run that kept a checkpoint at
+each of --steps. For every run and step, `eval.py --step` trains the
+config's networks on that step's distilled set; the table shows their
+accuracy on the held-out training images (config.data.validation_size),
+and the linear head's periodic validation accuracy (train.py's, at the
+same step). The first run's last step is tested with baselines too, for
+random real images under the same recipes. The test split is in no
+cell. Results are kept per step in --out/<name>/ and reused.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string('run', [], 'LABEL=WORKDIR of a train.py run; '
+                          'repeat for several.')
+flags.DEFINE_list('steps', ['300', '1000', '3000'], 'Outer steps to test '
+                  '(each a kept checkpoint of every run).')
+flags.DEFINE_string('name', None, 'The files\' name: curve_<name>.md, '
+                    '.json, .png.')
+flags.DEFINE_string('out', None, 'Where the files go.')
+flags.mark_flags_as_required(['name', 'out'])
+
+
+def parse_runs(specs: list[str]) -> dict[str, str]:
+  """{label: workdir} of 'LABEL=WORKDIR' entries."""
+  if not specs:
+    raise app.UsageError('--run=LABEL=WORKDIR is required (one per run).')
+  runs = {}
+  for spec in specs:
+    label, sep, workdir = spec.partition('=')
+    if not sep or not label or not workdir:
+      raise app.UsageError(f'--run={spec}: expected LABEL=WORKDIR.')
+    runs[label] = workdir
+  return runs
+
+
+def head_validation(workdir: str) -> dict[int, float]:
+  """{step: the linear head's validation accuracy} as train.py logged it
+  (TensorBoard events; TensorFlow is only needed here)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  accuracy = {}
+  for name in sorted(os.listdir(workdir)):
+    if not name.startswith('events.out.tfevents'):
+      continue
+    for record in tf.data.TFRecordDataset(os.path.join(workdir, name)):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        if value.tag == 'validation_accuracy':
+          accuracy[event.step] = float(
+              tf.make_ndarray(value.tensor) if value.HasField('tensor')
+              else value.simple_value)
+  return accuracy
+
+
+def evaluate(workdir: str, step: int, path: str, baselines: bool) -> dict:
+  """eval.py's result for `step` of `workdir`, from `path` if there."""
+  if not os.path.exists(path):
+    log = path[:-len('.json')] + '.log'
+    with open(log, 'w') as f:
+      code = subprocess.run(
+          [sys.executable, 'eval.py', f'--workdir={workdir}',
+           f'--step={step}', f'--out={path}',
+           '--baselines' if baselines else '--nobaselines'],
+          cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False
+      ).returncode
+    if code:
+      sys.exit(f'ERROR: eval.py exited with {code}; its output is in {log}.')
+  with open(path) as f:
+    return json.load(f)
+
+
+def validation(result: dict, method: str) -> dict[tuple[str, str], tuple]:
+  """{(evaluator, labels): (mean, std)} of `method`'s network rows."""
+  return {(row['evaluator'], row['labels']): (row['validation_accuracy'],
+                                              row['validation_accuracy_std'])
+          for row in result['net_table'] if row['method'] == method}
+
+
+def plot(curves: dict, baseline: dict, steps: list[int], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  evaluators = sorted({e for c in curves.values() for e, _ in c[steps[0]]})
+  figure, axes = pyplot.subplots(1, len(evaluators), squeeze=False,
+                                 figsize=(5 * len(evaluators), 4),
+                                 sharey=True)
+  for ax, evaluator in zip(axes[0], evaluators):
+    for label, curve in curves.items():
+      for labels, style in (('soft', '-'), ('hard', '--')):
+        ys = [100 * curve[s][(evaluator, labels)][0] for s in steps
+              if (evaluator, labels) in curve[s]]
+        if len(ys) == len(steps):
+          ax.plot(steps, ys, style, marker='o',
+                  label=f'distilled, {label}, {labels} labels')
+    if (evaluator, 'hard') in baseline:
+      ax.axhline(100 * baseline[(evaluator, 'hard')][0], color='gray',
+                 linestyle=':', label='random real, hard labels')
+    ax.set_xscale('log')
+    ax.set_xticks(steps, [str(s) for s in steps])
+    ax.set_xlabel('outer steps')
+    ax.set_title(f'{evaluator} networks')
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel('validation accuracy (%)')
+  axes[0][-1].legend(fontsize=8)
+  figure.suptitle(FLAGS.name)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  runs = parse_runs(FLAGS.run)
+  steps = sorted(int(s) for s in FLAGS.steps)
+  results_dir = os.path.join(FLAGS.out, FLAGS.name)
+  os.makedirs(results_dir, exist_ok=True)
+  curves, heads, baseline = {}, {}, {}
+  for i, (label, workdir) in enumerate(runs.items()):
+    curves[label], logged = {}, head_validation(workdir)
+    heads[label] = {s: logged.get(s) for s in steps}
+    for step in steps:
+      with_baselines = i == 0 and step == steps[-1]
+      result = evaluate(workdir, step, os.path.join(
+          results_dir, f'{label}_step={step}.json'), with_baselines)
+      curves[label][step] = validation(result, 'distilled')
+      if with_baselines:
+        baseline = validation(result, 'random_real')
+  columns = sorted({key for c in curves.values() for s in steps
+                    for key in c[s]}, key=lambda k: (k[0], k[1] != 'soft'))
+
+  def cell(value):
+    return '—' if value is None else f'{100 * value[0]:.1f} ± {100 * value[1]:.1f}'
+
+  lines = [
+      f'`{FLAGS.name}`: validation accuracy (%, held-out training images; '
+      'mean ± std over the networks) of networks trained from scratch on the '
+      'distilled set of each kept step, and of the linear head as train.py '
+      f'validated it. Machine: {platform.machine()}, {os.cpu_count()} CPUs. '
+      'Command: `python benchmarks/curve.py ' +
+      ' '.join(f'--run={label}=WORKDIR' for label in runs) +
+      f' --steps={",".join(map(str, steps))} --name={FLAGS.name}` on the '
+      'train.py runs of benchmarks/README.md.', '',
+      '| run | outer steps | linear head | ' +
+      ' | '.join(f'{e}, {labels}' for e, labels in columns) + ' |',
+      '| --- ' * (3 + len(columns)) + '|']
+  for label, curve in curves.items():
+    for step in steps:
+      head = heads[label][step]
+      lines.append(f'| {label} | {step} | ' +
+                   ('—' if head is None else f'{100 * head:.1f}') + ' | ' +
+                   ' | '.join(cell(curve[step].get(k)) for k in columns) +
+                   ' |')
+  lines.append('| random real | — | — | ' +
+               ' | '.join(cell(baseline.get(k)) for k in columns) + ' |')
+  stem = os.path.join(FLAGS.out, f'curve_{FLAGS.name}')
+  with open(stem + '.md', 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  with open(stem + '.json', 'w') as f:
+    json.dump({'name': FLAGS.name, 'steps': steps, 'runs': list(runs),
+               'linear_head': heads,
+               'networks': {label: {str(s): [
+                   {'evaluator': e, 'labels': l, 'validation_accuracy': v[0],
+                    'validation_accuracy_std': v[1]}
+                   for (e, l), v in curve[s].items()] for s in steps}
+                            for label, curve in curves.items()},
+               'random_real': [{'evaluator': e, 'labels': l,
+                                'validation_accuracy': v[0],
+                                'validation_accuracy_std': v[1]}
+                               for (e, l), v in baseline.items()]},
+              f, indent=1)
+  plot(curves, baseline, steps, stem + '.png')
+  print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+  app.run(main)
