@@ -12,8 +12,10 @@ each of --steps. For every run and step, `eval.py --step` trains the
 config's networks on that step's distilled set; the table shows their
 accuracy on the held-out training images (config.data.validation_size),
 and the linear head's periodic validation accuracy (train.py's, at the
-same step). The first run's last step is tested with baselines too, for
-random real images under the same recipes. The test split is in no
+same step). The first run's first step is tested with baselines too, for
+random real images under the same recipes. Arguments after `--` go to
+eval.py (e.g. `--config=CONFIG --config.eval.nets=convnet` for fewer
+evaluators). The test split is in no
 cell. Results are kept per step in --out/<name>/ and reused.
 """
 
@@ -69,7 +71,8 @@ def head_validation(workdir: str) -> dict[int, float]:
   return accuracy
 
 
-def evaluate(workdir: str, step: int, path: str, baselines: bool) -> dict:
+def evaluate(workdir: str, step: int, path: str, baselines: bool,
+             extra: list[str]) -> dict:
   """eval.py's result for `step` of `workdir`, from `path` if there."""
   if not os.path.exists(path):
     log = path[:-len('.json')] + '.log'
@@ -77,7 +80,7 @@ def evaluate(workdir: str, step: int, path: str, baselines: bool) -> dict:
       code = subprocess.run(
           [sys.executable, 'eval.py', f'--workdir={workdir}',
            f'--step={step}', f'--out={path}',
-           '--baselines' if baselines else '--nobaselines'],
+           '--baselines' if baselines else '--nobaselines', *extra],
           cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False
       ).returncode
     if code:
@@ -93,11 +96,12 @@ def validation(result: dict, method: str) -> dict[tuple[str, str], tuple]:
           for row in result['net_table'] if row['method'] == method}
 
 
-def plot(curves: dict, baseline: dict, steps: list[int], path: str) -> None:
+def plot(curves: dict, baseline: dict, steps: list[int], columns: list,
+         path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-  evaluators = sorted({e for c in curves.values() for e, _ in c[steps[0]]})
+  evaluators = sorted({e for e, _ in columns})
   figure, axes = pyplot.subplots(1, len(evaluators), squeeze=False,
                                  figsize=(5 * len(evaluators), 4),
                                  sharey=True)
@@ -125,8 +129,6 @@ def plot(curves: dict, baseline: dict, steps: list[int], path: str) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   runs = parse_runs(FLAGS.run)
   steps = sorted(int(s) for s in FLAGS.steps)
   results_dir = os.path.join(FLAGS.out, FLAGS.name)
@@ -136,14 +138,16 @@ def main(argv):
     curves[label], logged = {}, head_validation(workdir)
     heads[label] = {s: logged.get(s) for s in steps}
     for step in steps:
-      with_baselines = i == 0 and step == steps[-1]
-      result = evaluate(workdir, step, os.path.join(
-          results_dir, f'{label}_step={step}.json'), with_baselines)
+      with_baselines = i == 0 and step == steps[0]
+      path = os.path.join(results_dir, f'{label}_step={step}.json')
+      result = evaluate(workdir, step, path, with_baselines, argv[1:])
       curves[label][step] = validation(result, 'distilled')
       if with_baselines:
         baseline = validation(result, 'random_real')
-  columns = sorted({key for c in curves.values() for s in steps
-                    for key in c[s]}, key=lambda k: (k[0], k[1] != 'soft'))
+  # The rows every step has (a reused result may have more).
+  columns = sorted(set.intersection(*(set(c[s]) for c in curves.values()
+                                      for s in steps)),
+                   key=lambda k: (k[0], k[1] != 'soft'))
 
   def cell(value):
     return '—' if value is None else f'{100 * value[0]:.1f} ± {100 * value[1]:.1f}'
@@ -155,7 +159,8 @@ def main(argv):
       f'validated it. Machine: {platform.machine()}, {os.cpu_count()} CPUs. '
       'Command: `python benchmarks/curve.py ' +
       ' '.join(f'--run={label}=WORKDIR' for label in runs) +
-      f' --steps={",".join(map(str, steps))} --name={FLAGS.name}` on the '
+      f' --steps={",".join(map(str, steps))} --name={FLAGS.name}' +
+      (' -- ' + ' '.join(argv[1:]) if argv[1:] else '') + '` on the '
       'train.py runs of benchmarks/README.md.', '',
       '| run | outer steps | linear head | ' +
       ' | '.join(f'{e}, {labels}' for e, labels in columns) + ' |',
@@ -185,7 +190,7 @@ def main(argv):
                                 'validation_accuracy_std': v[1]}
                                for (e, l), v in baseline.items()]},
               f, indent=1)
-  plot(curves, baseline, steps, stem + '.png')
+  plot(curves, baseline, steps, columns, stem + '.png')
   print('\n'.join(lines))
 
 
