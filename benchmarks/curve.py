@@ -108,10 +108,10 @@ def plot(curves: dict, baseline: dict, steps: list[int], columns: list,
   for ax, evaluator in zip(axes[0], evaluators):
     for label, curve in curves.items():
       for labels, style in (('soft', '-'), ('hard', '--')):
-        ys = [100 * curve[s][(evaluator, labels)][0] for s in steps
-              if (evaluator, labels) in curve[s]]
-        if len(ys) == len(steps):
-          ax.plot(steps, ys, style, marker='o',
+        if (evaluator, labels) in columns:
+          xs = [s for s in steps if s in curve]
+          ax.plot(xs, [100 * curve[s][(evaluator, labels)][0] for s in xs],
+                  style, marker='o',
                   label=f'distilled, {label}, {labels} labels')
     if (evaluator, 'hard') in baseline:
       ax.axhline(100 * baseline[(evaluator, 'hard')][0], color='gray',
@@ -138,6 +138,11 @@ def main(argv):
     curves[label], logged = {}, head_validation(workdir)
     heads[label] = {s: logged.get(s) for s in steps}
     for step in steps:
+      if not os.path.isdir(os.path.join(workdir, 'checkpoints', str(step))):
+        # A run stopped early (or keeping fewer) has no row there.
+        print(f'{label}: no checkpoint of step {step} in {workdir}; its '
+              'cells stay empty.', flush=True)
+        continue
       with_baselines = i == 0 and step == steps[0]
       path = os.path.join(results_dir, f'{label}_step={step}.json')
       result = evaluate(workdir, step, path, with_baselines, argv[1:])
@@ -145,8 +150,8 @@ def main(argv):
       if with_baselines:
         baseline = validation(result, 'random_real')
   # The rows every step has (a reused result may have more).
-  columns = sorted(set.intersection(*(set(c[s]) for c in curves.values()
-                                      for s in steps)),
+  columns = sorted(set.intersection(*(set(rows) for c in curves.values()
+                                      for rows in c.values())),
                    key=lambda k: (k[0], k[1] != 'soft'))
 
   def cell(value):
@@ -161,7 +166,8 @@ def main(argv):
       ' '.join(f'--run={label}=WORKDIR' for label in runs) +
       f' --steps={",".join(map(str, steps))} --name={FLAGS.name}' +
       (' -- ' + ' '.join(argv[1:]) if argv[1:] else '') + '` on the '
-      'train.py runs of benchmarks/README.md.', '',
+      'train.py runs of benchmarks/README.md. An empty cell: the run kept no '
+      'checkpoint of that step.', '',
       '| run | outer steps | linear head | ' +
       ' | '.join(f'{e}, {labels}' for e, labels in columns) + ' |',
       '| --- ' * (3 + len(columns)) + '|']
@@ -170,7 +176,8 @@ def main(argv):
       head = heads[label][step]
       lines.append(f'| {label} | {step} | ' +
                    ('—' if head is None else f'{100 * head:.1f}') + ' | ' +
-                   ' | '.join(cell(curve[step].get(k)) for k in columns) +
+                   ' | '.join(cell(curve.get(step, {}).get(k))
+                              for k in columns) +
                    ' |')
   lines.append('| random real | — | — | ' +
                ' | '.join(cell(baseline.get(k)) for k in columns) + ' |')
@@ -183,7 +190,7 @@ def main(argv):
                'networks': {label: {str(s): [
                    {'evaluator': e, 'labels': l, 'validation_accuracy': v[0],
                     'validation_accuracy_std': v[1]}
-                   for (e, l), v in curve[s].items()] for s in steps}
+                   for (e, l), v in curve[s].items()] for s in curve}
                             for label, curve in curves.items()},
                'random_real': [{'evaluator': e, 'labels': l,
                                 'validation_accuracy': v[0],
