@@ -39,6 +39,9 @@ flags.DEFINE_string('evaluator', 'convnet', 'The evaluator of config.eval.'
                     'nets whose validation accuracy decides.')
 flags.DEFINE_string('out', None, 'Where tune_<run_name>.md and .json go '
                     '(default: --workdir).')
+flags.DEFINE_bool('run_missing', True, 'Train and evaluate the points '
+                  'that have no result yet; --norun_missing tables the '
+                  'finished ones only (e.g. while others still run).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -117,13 +120,17 @@ def main(argv):
   extra = argv[1:]
   out = FLAGS.out or FLAGS.workdir
   os.makedirs(out, exist_ok=True)
-  results = []
+  results, missing = [], []
   for point in grid_points(FLAGS.grid):
     workdir = os.path.join(FLAGS.workdir, run_name(FLAGS.config),
                            point_name(point))
     result_path = os.path.join(workdir, 'eval.json')
     # Wall times live beside the run, so a reused point keeps its own.
     times_path = os.path.join(workdir, 'tune_times.json')
+    if not os.path.exists(result_path) and not FLAGS.run_missing:
+      print(f'{point_name(point)}: not run yet, left out', flush=True)
+      missing.append(point)
+      continue
     if not os.path.exists(result_path):
       os.makedirs(workdir, exist_ok=True)
       overrides = [f'--config.{k}={v}' for k, v in point.items()] + [
@@ -149,6 +156,9 @@ def main(argv):
         {k: row[k] for k in kept} for row in result['net_table']]})
     print(f'{point_name(point)}: {score(results[-1], FLAGS.evaluator):.4f}',
           flush=True)
+  if not results:
+    raise app.UsageError('no point of the grid has a result yet; run '
+                         'without --norun_missing.')
   best = choose(results, FLAGS.evaluator)
   recipe = next(r['recipe_name'] for r in best['net_table']
                 if r['evaluator'] == FLAGS.evaluator)
@@ -179,13 +189,17 @@ def main(argv):
         ' | '.join(f'{result[k]:.0f} s' if k in result else '—'
                    for k in ('train_seconds', 'eval_seconds')) +
         f' | {"yes" if result is best else ""} |')
+  for point in missing:
+    lines.append(f'| {point_name(point)} | ' + ' | '.join(
+        ['not run'] * (2 * len(columns)) + ['—', '—', '']) + ' |')
   name = run_name(FLAGS.config)
   with open(os.path.join(out, f'tune_{name}.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   with open(os.path.join(out, f'tune_{name}.json'), 'w') as f:
     json.dump({'config': FLAGS.config, 'evaluator': FLAGS.evaluator,
                'validation_size': FLAGS.validation_size,
-               'chosen': best['point'], 'results': results}, f, indent=1)
+               'chosen': best['point'], 'results': results,
+               'not_run': missing}, f, indent=1)
   print(f'chosen: {point_name(best["point"])}')
 
 
