@@ -106,18 +106,19 @@ def plot(curves: dict, baseline: dict, steps: list[int], columns: list,
                                  figsize=(5 * len(evaluators), 4),
                                  sharey=True)
   for ax, evaluator in zip(axes[0], evaluators):
-    for label, curve in curves.items():
+    for color, (label, curve) in enumerate(curves.items()):
       for labels, style in (('soft', '-'), ('hard', '--')):
         if (evaluator, labels) in columns:
           xs = [s for s in steps if s in curve]
           ax.plot(xs, [100 * curve[s][(evaluator, labels)][0] for s in xs],
-                  style, marker='o',
+                  style, marker='o', color=f'C{color}',
                   label=f'distilled, {label}, {labels} labels')
     if (evaluator, 'hard') in baseline:
       ax.axhline(100 * baseline[(evaluator, 'hard')][0], color='gray',
                  linestyle=':', label='random real, hard labels')
     ax.set_xscale('log')
     ax.set_xticks(steps, [str(s) for s in steps])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel('outer steps')
     ax.set_title(f'{evaluator} networks')
     ax.grid(alpha=0.3)
