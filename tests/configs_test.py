@@ -67,9 +67,12 @@ class ConfigsTest(parameterized.TestCase):
     self.assertEqual((digits.optimizer.learning_rate, digits.num_steps,
                       digits.model.depth, digits.eval.net_depth),
                      (0.03, 300, 2, 2))
-    # benchmarks/curve/'s choice.
+    # benchmarks/curve/'s and tune/head/'s choices.
     ten = parse(f'--config={ROOT}/configs/conv.py:mnist,ipc=10,size=cpu')
     self.assertEqual(ten.num_steps, 3000)
+    fifty = parse(f'--config={ROOT}/configs/conv.py:mnist,ipc=50,size=cpu')
+    self.assertEqual((fifty.inner.loss, cpu.inner.loss, ten.inner.loss),
+                     ('squared', 'logistic', 'logistic'))
     cifar = parse(f'--config={ROOT}/configs/conv.py:cifar10,ipc=50')
     self.assertEqual((cifar.data.zca, cifar.inner.solver), (True, 'lbfgs'))
     self.assertEqual(cpu.model.pool_size, 0)  # Fresh random networks.
