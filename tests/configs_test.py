@@ -67,12 +67,13 @@ class ConfigsTest(parameterized.TestCase):
     self.assertEqual((digits.optimizer.learning_rate, digits.num_steps,
                       digits.model.depth, digits.eval.net_depth),
                      (0.03, 300, 2, 2))
-    # benchmarks/curve/'s and tune/head/'s choices.
+    # benchmarks/curve/'s, tune/head/'s and tune/steps/' choices.
     ten = parse(f'--config={ROOT}/configs/conv.py:mnist,ipc=10,size=cpu')
     self.assertEqual(ten.num_steps, 3000)
     fifty = parse(f'--config={ROOT}/configs/conv.py:mnist,ipc=50,size=cpu')
     self.assertEqual((fifty.inner.loss, cpu.inner.loss, ten.inner.loss),
                      ('squared', 'logistic', 'logistic'))
+    self.assertEqual(fifty.num_steps, 1500)
     cifar = parse(f'--config={ROOT}/configs/conv.py:cifar10,ipc=50')
     self.assertEqual((cifar.data.zca, cifar.inner.solver), (True, 'lbfgs'))
     self.assertEqual(cpu.model.pool_size, 0)  # Fresh random networks.
