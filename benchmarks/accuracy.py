@@ -130,8 +130,11 @@ def table(rows: list[dict]) -> str:
     per_evaluator = evaluator_rows(run)
     net_seconds = 0
     for r in run.get('net_table', []):
-      key = json.dumps(r, sort_keys=True)
-      if r['method'] != 'full_data' or key not in trained:
+      key = json.dumps({k: v for k, v in r.items() if k != 'cached'},
+                       sort_keys=True)
+      # A full-data row read from the cache (marked, or a repeat of an
+      # earlier row) cost nothing in this run.
+      if r['method'] != 'full_data' or not (r.get('cached') or key in trained):
         net_seconds += r['seconds']
       trained.add(key)
     differences = {d['evaluator']: d for d in run.get('net_differences', [])}

@@ -126,6 +126,13 @@ class EvalLibTest(parameterized.TestCase):
         result['net_table'], result['net_differences']))
     cached = os.listdir(os.path.join(self.workdir, net_eval.FULL_DATA_CACHE))
     self.assertLen(cached, 2)
+    # A second evaluation reads the full-data rows back, marked as cached.
+    again = eval_lib.evaluate(
+        self.workdir, eval_config=eval_config,
+        out=os.path.join(self.create_tempdir().full_path, 'again.json'))
+    first = [r for r in result['net_table'] if r['method'] == 'full_data']
+    second = [r for r in again['net_table'] if r['method'] == 'full_data']
+    self.assertEqual([{**r, 'cached': True} for r in first], second)
     rows = result['net_table']
     exported = np.load(export + '.npz')
     np.testing.assert_array_equal(exported['hard_labels'],
