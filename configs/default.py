@@ -69,10 +69,12 @@ def get_config() -> ml_collections.ConfigDict:
   # A pool of pool_size trained feature networks (FRePo, RCIG) instead of
   # fresh random ones: each step uses nets_per_step members in turn, then
   # trains them (pool_steps steps of pool_optimizer, adam | sgd, at
-  # pool_learning_rate) on the distilled set with its current labels; a
+  # pool_learning_rate) on pool_data: 'distilled', the distilled set with its
+  # current labels (FRePo), or 'real', the step's real minibatch (IDM); a
   # member is re-initialized after pool_max_updates such steps, initial ages
   # staggered. pool_size=0 (or pool_max_updates=0): no pool.
   config.model.pool_size = 0
+  config.model.pool_data = 'distilled'
   config.model.pool_optimizer = 'adam'
   config.model.pool_learning_rate = 3e-4
   config.model.pool_steps = 1

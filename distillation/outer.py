@@ -410,11 +410,19 @@ class Distiller:
     new_state = state.replace(step=state.step + 1, params=params,
                               opt_state=opt_state, inner_params=inner_params)
     if self.pool is not None:
-      # The members used learn the updated set with its current labels.
-      _, images, targets = self.hyperparams(params)
-      new_state = new_state.replace(pool=self.pool.train(
-          state.pool, members, images, targets,
-          jax.random.fold_in(key, _POOL_STREAM)))
+      pool_key = jax.random.fold_in(key, _POOL_STREAM)
+      if self.pool.data == 'real':
+        # The members used learn the step's real minibatch.
+        members_after = self.pool.train(
+            state.pool, members, batch['images'],
+            jax.nn.one_hot(batch['labels'], self.info.num_classes),
+            pool_key, mask=batch['mask'])
+      else:
+        # The members used learn the updated set with its current labels.
+        _, images, targets = self.hyperparams(params)
+        members_after = self.pool.train(state.pool, members, images,
+                                        targets, pool_key)
+      new_state = new_state.replace(pool=members_after)
     return new_state, metrics
 
   def _project(self, params: dict[str, jax.Array]) -> dict[str, jax.Array]:

@@ -4,9 +4,10 @@ With `config.model.pool_size` > 0 (and `pool_max_updates` > 0), the outer
 step fits its heads on the features of `nets_per_step` members of a pool
 instead of fresh random networks. A member is a feature network of
 `config.model` plus a dense classifier; after the outer update, the members
-used take `pool_steps` full-batch steps of `pool_optimizer` at
-`pool_learning_rate` on the cross-entropy of the distilled set with its
-current (soft) labels, and one is re-initialized once it has taken
+used take `pool_steps` steps of `pool_optimizer` at `pool_learning_rate` on
+the cross-entropy of `pool_data`: the distilled set with its current (soft)
+labels (FRePo, RCIG), or the step's real minibatch, sharded over the devices
+(IDM). A member is re-initialized once it has taken
 `pool_max_updates` of them. Initial ages are staggered (member i starts at
 i * pool_max_updates // pool_size), so re-initializations spread out.
 
@@ -24,8 +25,10 @@ import optax
 
 from distillation import errors
 from distillation import features
+from distillation import parallel
 
 OPTIMIZERS = ('adam', 'sgd')
+DATA = ('distilled', 'real')
 
 
 def enabled(model_config: ml_collections.ConfigDict | None) -> bool:
@@ -70,6 +73,11 @@ class Pool:
           f'config.model.pool_optimizer={name!r} is unknown; use one of '
           f'{", ".join(OPTIMIZERS)}.')
     self.optimizer = {'adam': optax.adam, 'sgd': optax.sgd}[name](lr)
+    self.data = model_config.get('pool_data', 'distilled')
+    if self.data not in DATA:
+      raise errors.UserError(
+          f'config.model.pool_data={self.data!r} is unknown; use one of '
+          f'{", ".join(DATA)}.')
     self.feature_map = feature_map
     self.num_classes = num_classes
 
@@ -104,17 +112,33 @@ class Pool:
             for i in index]
 
   def _loss(self, params: dict[str, Any], images: jax.Array,
-            targets: jax.Array) -> jax.Array:
+            targets: jax.Array, weights: jax.Array | None = None
+            ) -> jax.Array:
+    """Mean cross-entropy over the rows; with `weights`, their weighted
+    sum instead."""
     phi = self.feature_map(params['features'], images)
     logits = phi @ params['head']['kernel'] + params['head']['bias']
-    return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+    losses = optax.softmax_cross_entropy(logits, targets)
+    return jnp.mean(losses) if weights is None else jnp.sum(weights * losses)
+
+  def _grads(self, params: dict[str, Any], images: jax.Array,
+             targets: jax.Array, mask: jax.Array | None) -> dict[str, Any]:
+    """The loss's gradient: on a set every device holds whole (`mask`
+    None), or the masked mean over a batch sharded along parallel.AXIS."""
+    if mask is None:
+      return jax.grad(self._loss)(params, images, targets)
+    grads = jax.grad(self._loss)(params, images, targets, mask)
+    grads, count = jax.lax.psum((grads, jnp.sum(mask)), parallel.AXIS)
+    return jax.tree.map(lambda g: g / count, grads)
 
   def train(self, pool: dict[str, Any], index: list[jax.Array],
             images: jax.Array, targets: jax.Array,
-            key: jax.Array) -> dict[str, Any]:
+            key: jax.Array, mask: jax.Array | None = None) -> dict[str, Any]:
     """Members `index` after pool_steps steps on (images, targets); one
     that reaches max_updates is replaced by a member from
-    fold_in(key, its index)."""
+    fold_in(key, its index). With `mask`, the rows are this device's shard
+    of a batch (0 marks padding) and the steps are on the whole batch: call
+    under `parallel.pmap`."""
     images, targets = jax.lax.stop_gradient((images, targets))
     for i in index:
       member = jax.tree.map(lambda x, i=i: x[i], pool)
@@ -123,7 +147,7 @@ class Pool:
       # Unrolled: XLA's CPU backend runs a network's step several times
       # slower inside a loop.
       for _ in range(self.steps):
-        grads = jax.grad(self._loss)(params, images, targets)
+        grads = self._grads(params, images, targets, mask)
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
       age = member['age'] + self.steps

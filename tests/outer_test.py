@@ -418,7 +418,8 @@ class FeatureOuterTest(parameterized.TestCase):
             np.testing.assert_allclose(warm[name], grads[name], rtol=1e-6,
                                        atol=1e-10)
 
-  def test_four_devices_equal_one_device(self):
+  @parameterized.parameters('distilled', 'real')
+  def test_four_devices_equal_one_device(self, pool_data):
     if jax.local_device_count() < 4:
       self.skipTest('needs 4 devices: run under pytest (tests/conftest.py '
                     'sets XLA_FLAGS=--xla_force_host_platform_device_count=8)')
@@ -430,6 +431,7 @@ class FeatureOuterTest(parameterized.TestCase):
     config.model.pool_size = 2
     config.model.pool_max_updates = 2
     config.model.pool_learning_rate = 0.05
+    config.model.pool_data = pool_data  # 'real': the sharded real batch.
     train = _train_split(config, 203)
     distiller = outer.Distiller(config)
     state = distiller.init_state(jax.random.PRNGKey(0))
