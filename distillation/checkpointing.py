@@ -118,7 +118,8 @@ PROBLEM_FIELDS = ('data.dataset', 'data.validation_size', 'data.split_seed',
 _ABSENT_MEANS = {'inner.loss': 'logistic', 'model.pool_size': 0,
                  'model.pool_optimizer': 'adam',
                  'model.pool_learning_rate': 3e-4, 'model.pool_steps': 1,
-                 'model.pool_max_updates': 100}
+                 'model.pool_max_updates': 100,
+                 'model.pool_data': 'distilled'}
 
 
 def _problem_fields(config: dict[str, Any]) -> dict[str, Any]:

@@ -228,6 +228,18 @@ class CheckCompatibleTest(absltest.TestCase):
                                 "inner.loss: 'logistic' in the checkpoint"):
       self._check(config, self.data)
 
+  def test_a_pool_from_before_its_data_field_trained_on_the_set(self):
+    # Neither this record nor its config has the field.
+    del self.meta['problem']['model.pool_data']
+    config = self.config.copy_and_resolve_references()
+    config.model.pool_data = 'distilled'
+    self._check(config, self.data)
+    config.model.pool_data = 'real'
+    with self.assertRaisesRegex(
+        errors.UserError, "model.pool_data: 'distilled' in the checkpoint, "
+        "'real' now"):
+      self._check(config, self.data)
+
   def test_other_shapes_name_the_arrays_and_fields(self):
     config = self.config.copy_and_resolve_references()
     config.distill.images_per_class = 2
