@@ -152,6 +152,11 @@ def get_config() -> ml_collections.ConfigDict:
                       ('weight_decay', float), ('seeds', int),
                       ('augment', str)):
     config.eval[f'net_{field}'] = config_dict.placeholder(kind)
+  # The sets the networks train on, by method (distilled, random_real,
+  # class_means, full_data; the baselines with --baselines only) or
+  # method/labels (distilled/hard): a subset reruns a costly row alone.
+  config.eval.net_sets = ('distilled', 'random_real', 'class_means',
+                          'full_data')
   # Also train the networks on the whole training split (the ceiling;
   # costly), caching the row under net_cache_dir (unset: the workdir).
   config.eval.net_full_data = False

@@ -40,6 +40,28 @@ _NET_FIELDS = ('width', 'depth', 'norm', 'mlp_width', 'mlp_depth', 'epochs',
                'weight_decay', 'seeds', 'augment')
 
 
+SETS = ('distilled/soft', 'distilled/hard', 'random_real/soft',
+        'random_real/hard', 'class_means/hard', 'full_data/hard')
+
+
+def net_sets(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The `method/labels` rows that config.eval.net_sets asks for (all where
+  a config older than it lacks it). Its entries are methods or
+  method/labels; from the command line, commas separate them."""
+  if 'net_sets' not in config.eval:
+    return SETS
+  entries = tuple(name.strip() for entry in config.eval.net_sets
+                  for name in entry.split(','))
+  methods = {s.split('/')[0] for s in SETS}
+  unknown = [e for e in entries if e not in SETS and e not in methods]
+  if unknown or not entries:
+    raise errors.UserError(
+        f'config.eval.net_sets={entries} must list methods '
+        f'({", ".join(sorted(methods))}) or method/labels ({", ".join(SETS)})'
+        f'; {unknown or "none"} is not one.')
+  return tuple(s for s in SETS if s in entries or s.split('/')[0] in entries)
+
+
 def recipes(config: ml_collections.ConfigDict
                 ) -> dict[str, net_train.Recipe]:
   """The recipe of each network evaluator (EVALUATORS):
@@ -150,6 +172,8 @@ def evaluate(distiller: outer.Distiller, recipe: net_train.Recipe,
     sets.append(('class_means', 'hard', tile(means.images),
                  tile(np.eye(info.num_classes, dtype=np.float32)[
                      means.labels])))
+  wanted = net_sets(distiller.config)
+  sets = [s for s in sets if f'{s[0]}/{s[1]}' in wanted]
   rows = []
   for method, labels, set_images, set_targets in sets:
     start = time.time()
@@ -161,7 +185,8 @@ def evaluate(distiller: outer.Distiller, recipe: net_train.Recipe,
         trainer.accuracy(trained, test.images, test.labels),
         trainer.accuracy(trained, validation.images, validation.labels),
         time.time() - start))
-  if baselines and distiller.config.eval.get('net_full_data'):
+  if (baselines and distiller.config.eval.get('net_full_data') and
+      'full_data/hard' in wanted):
     rows.append(_full_data_row(
         trainer, evaluator, train, validation, test, workdir,
         distiller.config.eval.get('net_cache_dir'),

@@ -144,6 +144,23 @@ class EvalLibTest(parameterized.TestCase):
     self.assertEqual(recipes['convnet']['augment'],
                      'color_crop_cutout_scale_rotate')  # No flip on digits.
 
+  def test_net_sets_choose_the_rows(self):
+    eval_config = test_config.get_config().eval
+    eval_config.nets = ('mlp',)
+    eval_config.net_preset = 'cpu'
+    eval_config.net_mlp_width = 8
+    eval_config.net_mlp_depth = 1
+    eval_config.net_epochs = 1
+    eval_config.net_seeds = 1
+    # As the command line gives it: one string.
+    eval_config.net_sets = ('random_real/hard,class_means',)
+    result = eval_lib.evaluate(
+        self.workdir, eval_config=eval_config,
+        out=os.path.join(self.create_tempdir().full_path, 'sets.json'))
+    self.assertEqual([(r['method'], r['labels'])
+                      for r in result['net_table']],
+                     [('random_real', 'hard'), ('class_means', 'hard')])
+
   def test_no_augment_recipe_is_its_models_without_augmentation(self):
     config = test_config.get_config()
     config.eval.net_preset = 'cpu'
@@ -163,13 +180,14 @@ class EvalLibTest(parameterized.TestCase):
       ('net_epochs', 0, r'config.eval.net_epochs=0 must be at least 1'),
       ('net_seeds', 0, r'config.eval.net_seeds=0 must be at least 1'),
       ('net_augment', 'crop_blur', r'config.eval.net_augment='),
-      ('net_preset', 'gpu', r"config.eval.net_preset='gpu' is unknown"))
+      ('net_preset', 'gpu', r"config.eval.net_preset='gpu' is unknown"),
+      ('net_sets', ('random_real/soft', 'kmeans'),
+       r"config.eval.net_sets=.*\['kmeans'\] is not one"))
   def test_bad_network_settings_name_the_field(self, field, value, message):
     config = test_config.get_config()
     config.eval[field] = value
     with self.assertRaisesRegex(errors.UserError, message) as raised:
-      eval_lib.evaluators(config)
-      net_eval.recipes(config)
+      eval_lib.check_config(config)
     self.assertNotIn('\n', str(raised.exception))
 
   def test_export_without_npz_suffix_logs_the_path_written(self):
