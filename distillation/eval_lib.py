@@ -183,13 +183,8 @@ def _is_result(path: str) -> bool:
 
 
 def evaluators(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """config.eval.nets, checked; a checkpoint older than it means linear.
-
-  The command line gives `--config.eval.nets=linear,convnet` as one string:
-  commas separate names too.
-  """
-  nets = tuple(name.strip() for entry in config.eval.get('nets', ('linear',))
-               for name in entry.split(','))
+  """config.eval.nets, checked; a checkpoint older than it means linear."""
+  nets = net_eval.names(config.eval.get('nets', ('linear',)))
   unknown = [n for n in nets if n not in EVALUATORS]
   if unknown or not nets:
     raise errors.UserError(

@@ -40,6 +40,12 @@ _NET_FIELDS = ('width', 'depth', 'norm', 'mlp_width', 'mlp_depth', 'epochs',
                'weight_decay', 'seeds', 'augment')
 
 
+def names(entries) -> tuple[str, ...]:
+  """A config's tuple of names. The command line gives `--config.eval.nets=
+  linear,convnet` as one string: commas separate names too."""
+  return tuple(name.strip() for entry in entries for name in entry.split(','))
+
+
 SETS = ('distilled/soft', 'distilled/hard', 'random_real/soft',
         'random_real/hard', 'class_means/hard', 'full_data/hard')
 
@@ -47,11 +53,10 @@ SETS = ('distilled/soft', 'distilled/hard', 'random_real/soft',
 def net_sets(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The `method/labels` rows that config.eval.net_sets asks for (all where
   a config older than it lacks it). Its entries are methods or
-  method/labels; from the command line, commas separate them."""
+  method/labels."""
   if 'net_sets' not in config.eval:
     return SETS
-  entries = tuple(name.strip() for entry in config.eval.net_sets
-                  for name in entry.split(','))
+  entries = names(config.eval.net_sets)
   methods = {s.split('/')[0] for s in SETS}
   unknown = [e for e in entries if e not in SETS and e not in methods]
   if unknown or not entries:
@@ -156,24 +161,30 @@ def evaluate(distiller: outer.Distiller, recipe: net_train.Recipe,
   # Every small set is stacked once per seed (random_real draws one per
   # seed), so all of them run the same compiled programs.
   tile = lambda x: np.repeat(x[None], seeds, axis=0)
-  sets = [('distilled', 'soft', tile(images), tile(soft))] if learned else []
-  sets.append(('distilled', 'hard', tile(images), tile(hard)))
-  if baselines:
+  # Only the sets config.eval.net_sets asks for are built (class_means runs
+  # k-means on the training split).
+  wanted = net_sets(distiller.config)
+  sets = []
+  if learned and 'distilled/soft' in wanted:
+    sets.append(('distilled', 'soft', tile(images), tile(soft)))
+  if 'distilled/hard' in wanted:
+    sets.append(('distilled', 'hard', tile(images), tile(hard)))
+  if baselines and {'random_real/soft', 'random_real/hard'} & set(wanted):
     draws = [linear_eval.random_real(train, ipc, seed) for seed in range(seeds)]
     real = np.stack([d.images for d in draws])
     real_hard = np.eye(info.num_classes, dtype=np.float32)[
         np.stack([d.labels for d in draws])]
     # Soft labels alone lift random images: give them the distilled set's
     # label vectors (class-major, by position) to isolate the images' part.
-    if learned:
+    if learned and 'random_real/soft' in wanted:
       sets.append(('random_real', 'soft', real, tile(soft)))
-    sets.append(('random_real', 'hard', real, real_hard))
+    if 'random_real/hard' in wanted:
+      sets.append(('random_real', 'hard', real, real_hard))
+  if baselines and 'class_means/hard' in wanted:
     means = linear_eval.class_means(train, ipc)
     sets.append(('class_means', 'hard', tile(means.images),
                  tile(np.eye(info.num_classes, dtype=np.float32)[
                      means.labels])))
-  wanted = net_sets(distiller.config)
-  sets = [s for s in sets if f'{s[0]}/{s[1]}' in wanted]
   rows = []
   for method, labels, set_images, set_targets in sets:
     start = time.time()
