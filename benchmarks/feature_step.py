@@ -76,9 +76,9 @@ def main(argv):
 
   @jax.jit
   def network_work(key, images, batch):
-    nets = distiller.draw_nets(key)
-    phi_b = distiller.features(nets, batch)
-    phi_s, pullback = jax.vjp(lambda x: distiller.features(nets, x), images)
+    nets = distiller.inner_model.draw(key)
+    phi_b = distiller.inner_model.features(nets, batch)
+    phi_s, pullback = jax.vjp(lambda x: distiller.inner_model.features(nets, x), images)
     (dimages,) = pullback(jnp.ones_like(phi_s))
     return jnp.sum(phi_b) + jnp.sum(dimages)
 

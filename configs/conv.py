@@ -1,6 +1,7 @@
 """A linear head on random ConvNet features (RFAD; docs/features.md).
 
   --config=configs/conv.py:DATASET,ipc=N[,size=paper|cpu][,pool=0|1]
+                          [,inner=head|linearized]
 
 DATASET: mnist, fashion_mnist (TFDS, or MNIST-format idx .gz files via
 `--config.data.idx_dir=DIR`), cifar10 (TFDS) or digits (scikit-learn's 8x8,
@@ -8,7 +9,10 @@ offline; size=cpu only). ipc: distilled images per class, 1, 10 or 50.
 size: paper (the papers' sizes, untuned; the default) or cpu (narrower,
 fewer networks and steps, and the networks evaluator's cpu preset, for 2
 CPU cores). pool=1: the features come from a pool of trained ConvNets
-(FRePo's settings) instead of fresh random ones.
+(FRePo's settings) instead of fresh random ones. inner=linearized: the inner
+model is the ConvNet itself, linearized around its random (or pool)
+initialization (RCIG; inner_models/linearized.py), instead of a head on its
+features (the default).
 
 Each step draws fresh random ConvNets and fits the head on their features
 of the distilled images; the outer loss is the cross-entropy on a real
@@ -23,8 +27,10 @@ from configs import default
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg('configs/conv.py', arg,
-                          defaults={'size': 'paper', 'pool': 0},
-                          ipc=(1, 10, 50), size=('paper', 'cpu'), pool=(0, 1))
+                          defaults={'size': 'paper', 'pool': 0,
+                                    'inner': 'head'},
+                          ipc=(1, 10, 50), size=('paper', 'cpu'), pool=(0, 1),
+                          inner=('head', 'linearized'))
   dataset, ipc, cpu = args['dataset'], args['ipc'], args['size'] == 'cpu'
   if dataset == 'digits' and not cpu:
     raise ValueError(f'{arg!r}: digits has a size=cpu setting only (its '
@@ -99,6 +105,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (benchmarks/tune/steps/).
     config.inner.loss = 'squared'
     config.num_steps = 1500
+  if args['inner'] == 'linearized':
+    # RCIG's inner model: the softplus ConvNet linearized in its body, a
+    # KRR head on its features, conjugate gradients for the body's offset
+    # and for the implicit gradient, one base network a step.
+    config.model.linearize = True
+    config.model.activation = 'softplus'
+    config.model.body_l2reg = 1e-3
+    config.model.nets_per_step = 1
+    config.inner.loss = 'squared'
+    config.inner.tol = 1e-3
+    config.inner.maxiter = 30
+    config.inner.implicit_tol = 1e-4
+    config.inner.implicit_maxiter = 30
   config.log_every_steps = 10
   config.eval_every_steps = 50 if cpu else 250
   config.checkpoint_every_steps = 50 if cpu else 250

@@ -79,6 +79,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.pool_learning_rate = 3e-4
   config.model.pool_steps = 1
   config.model.pool_max_updates = 100
+  # The network itself as the inner model instead of a head on its features
+  # (RCIG; inner_models/linearized.py): the base networks above (random, or
+  # the pool's members, their heads random) linearized in their body, with
+  # body_l2reg / 2 ||offset||^2 on the body's offset and config.inner.l2reg
+  # on the head. Needs config.inner.loss='squared'; maxiter and tol below
+  # bound its conjugate gradients, implicit_maxiter and implicit_tol those
+  # of its implicit gradient. activation: relu | softplus (RCIG's while
+  # distilling: its Hessian is informative), for the networks distilled on.
+  config.model.linearize = False
+  config.model.body_l2reg = 1e-3
+  config.model.activation = 'relu'
 
   config.inner = ml_collections.ConfigDict()
   # The head's loss: logistic (cross-entropy, the seed's) | squared (ridge
@@ -98,6 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
   # (dense). newton: direct (the factorization of its own steps).
   config.inner.implicit_solve = 'normal_cg'
   config.inner.implicit_tol = 1e-5  # CG's relative residual tolerance.
+  config.inner.implicit_maxiter = 100  # Its steps (the linearized model).
   # A step whose inner solve ends above tol (maxiter reached, or no progress
   # in float32) is counted (inner_unconverged) and warned about once; with
   # strict, it stops the run instead.

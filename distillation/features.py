@@ -33,20 +33,23 @@ class ConvFeatures(nn.Module):
   width: int
   depth: int
   norm: str
+  activation: str = 'relu'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = networks.conv_blocks(x, self.width, self.depth, self.norm)
+    x = networks.conv_blocks(x, self.width, self.depth, self.norm,
+                             self.activation)
     return x.reshape((x.shape[0], -1))
 
 
 class MLPFeatures(nn.Module):
   width: int
   depth: int
+  activation: str = 'relu'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return networks.mlp_layers(x, self.width, self.depth)
+    return networks.mlp_layers(x, self.width, self.depth, self.activation)
 
 
 class FeatureMap:
@@ -59,15 +62,21 @@ class FeatureMap:
       if model_config[field] < 1:
         raise errors.UserError(
             f'config.model.{field}={model_config[field]} must be at least 1.')
+    activation = model_config.get('activation', 'relu')
+    if activation not in networks.ACTIVATIONS:
+      raise errors.UserError(
+          f'config.model.activation={activation!r} is unknown; use one of '
+          f'{", ".join(networks.ACTIVATIONS)}.')
     if model_config.features == 'conv':
       if model_config.norm not in networks.NORMS:
         raise errors.UserError(
             f'config.model.norm={model_config.norm!r} is unknown; use one of '
             f'{", ".join(networks.NORMS)}.')
       self.module = ConvFeatures(model_config.width, model_config.depth,
-                                 model_config.norm)
+                                 model_config.norm, activation)
     else:
-      self.module = MLPFeatures(model_config.width, model_config.depth)
+      self.module = MLPFeatures(model_config.width, model_config.depth,
+                                activation)
     self.nets_per_step = model_config.nets_per_step
     num_pixels = 1
     for size in self.image_shape:

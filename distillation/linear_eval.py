@@ -36,12 +36,11 @@ def evaluate(distiller: outer.Distiller, params: dict[str, jax.Array],
   l2reg, images, _ = distiller.hyperparams(params)
   # With random features, the linear rows are heads on the features of one
   # fixed network, the first that validation uses.
-  feature_nets = distiller.eval_nets()
-  feature_nets = feature_nets and feature_nets[:1]
-  linear_splits = [_features(distiller, feature_nets, split)
+  context = distiller.linear_context()
+  linear_splits = [_features(distiller, context, split)
                    for split in (train, validation, test)]
   weights = _kernel(jax.jit(lambda p: distiller.fit_inner(
-      p, nets=feature_nets))(params).params)
+      p, context=context))(params).params)
   accuracy, loss = _test(weights, linear_splits[2])
   table = [_row('distilled', len(images), float(l2reg), [accuracy], [loss])]
   if baselines:
@@ -101,14 +100,14 @@ class _BaselineFit:
     self._grid = grid
     self._validation = validation
     self._num_classes = distiller.info.num_classes
-    self._init = jax.tree.map(jnp.zeros_like, distiller.inner_init)
+    model = distiller.inner_model
+    self._init = jax.tree.map(jnp.zeros_like, model.initial_params)
     solver_config = ml_collections.ConfigDict(dict(
         solver='lbfgs', tol=distiller.config.eval.baseline_tol,
         maxiter=distiller.config.eval.baseline_maxiter,
         implicit_solve='cg', implicit_tol=1e-5, init='zeros',
         loss=distiller.config.inner.get('loss', 'logistic')))
-    self._solve = jax.jit(inner.make_solver(solver_config,
-                                            distiller.model.apply))
+    self._solve = jax.jit(inner.make_solver(solver_config, model.head.apply))
 
   def __call__(self, split: input_pipeline.Split) -> tuple[Any, float]:
     """(weights, l2reg) of the best l2reg; from large to small l2reg, each
@@ -129,14 +128,14 @@ def _kernel(params) -> np.ndarray:
   return np.asarray(kernel).reshape(kernel.shape[-2:])
 
 
-def _features(distiller: outer.Distiller, nets: list[Any] | None,
+def _features(distiller: outer.Distiller, context: Any,
               split: input_pipeline.Split,
               batch_size: int = 1000) -> input_pipeline.Split:
-  """`split` as the single net of `nets` sees it (as is for pixels), in
+  """`split` as the single net of `context` sees it (as is for pixels), in
   batches to bound the memory of the network's activations."""
-  if nets is None:
+  if context is None:
     return split
-  phi = jax.jit(lambda x: distiller.features(nets, x)[0])
+  phi = jax.jit(lambda x: distiller.inner_model.features(context, x)[0])
   return input_pipeline.Split(np.concatenate([
       np.asarray(phi(split.images[i:i + batch_size]))
       for i in range(0, len(split), batch_size)]), split.labels)

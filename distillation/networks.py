@@ -10,6 +10,9 @@ import jax
 import jax.numpy as jnp
 
 NORMS = ('instance', 'none')
+# The hidden layers' nonlinearity: ReLU, the evaluators', or softplus, a
+# smooth one whose Hessian the linearized inner model (RCIG) can use.
+ACTIVATIONS = {'relu': nn.relu, 'softplus': nn.softplus}
 
 
 class InstanceNorm(nn.Module):
@@ -39,14 +42,15 @@ class ConvNet(nn.Module):
     return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
 
 
-def conv_blocks(x: jax.Array, width: int, depth: int, norm: str) -> jax.Array:
+def conv_blocks(x: jax.Array, width: int, depth: int, norm: str,
+                activation: str = 'relu') -> jax.Array:
   """The ConvNet without its dense layer; called inside a compact method,
   its layers belong to (and are named in) the calling module."""
   for _ in range(depth):
     x = nn.Conv(width, (3, 3), padding='SAME')(x)
     if norm == 'instance':
       x = InstanceNorm()(x)
-    x = nn.relu(x)
+    x = ACTIVATIONS[activation](x)
     # A 1-pixel map is not pooled further (8x8 digits reach it at depth 3);
     # odd sizes round down, as PyTorch's AvgPool2d does.
     if min(x.shape[1:3]) >= 2:
@@ -76,9 +80,10 @@ class MLP(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
-def mlp_layers(x: jax.Array, width: int, depth: int) -> jax.Array:
-  """The MLP's hidden ReLU layers (flattening first), as `conv_blocks`."""
+def mlp_layers(x: jax.Array, width: int, depth: int,
+               activation: str = 'relu') -> jax.Array:
+  """The MLP's hidden layers (flattening first), as `conv_blocks`."""
   x = x.reshape((x.shape[0], -1))
   for _ in range(depth):
-    x = nn.relu(nn.Dense(width)(x))
+    x = ACTIVATIONS[activation](nn.Dense(width)(x))
   return x

@@ -4,14 +4,14 @@ Pure JAX (with flax, optax and, through `inner`, jaxopt): the state, its
 initialization and the step functions. The loop, checkpoints and metric
 writers live in `train_lib`.
 
-One outer step: solve the inner problem on the distilled set (on its pixels,
-or on the features of the step's random networks or pool members
-(`pool.py`), one solve per network:
-docs/features.md; with config.distill.augment, on a random DSA transform of
-the images, drawn anew per network), evaluate the cross-entropy of the inner
-solution W* on this device's training shard, sum dLoss/dW* over all devices,
-and pull that cotangent back through the implicit-differentiation rule of
-the inner solver to get the hypergradient.
+One outer step: fit the inner model (`inner_models/`: a linear head on the
+pixels or on networks' features, or the linearized network) on the distilled
+set (with config.distill.augment, on a random DSA transform of the images,
+drawn anew per network), evaluate the cross-entropy of its predictions on
+this device's training shard, sum the loss's gradient with respect to the
+fit over all devices, and pull that cotangent back through the fit's
+implicit-differentiation rule to get the hypergradient. The step does not
+know which inner model it has.
 The cotangent is reduced before the implicit backward pass, so the linear
 system of the implicit function theorem is solved once, with the same
 right-hand side on every device, whatever the number of devices.
@@ -30,12 +30,10 @@ import optax
 
 from distillation import augment
 from distillation import errors
-from distillation import features
 from distillation import inner
 from distillation import input_pipeline
-from distillation import models
+from distillation import inner_models
 from distillation import parallel
-from distillation import pool
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -43,14 +41,15 @@ OPTIMIZERS = ('sgd', 'momentum', 'adam')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
 IMAGE_INITS = ('noise', 'real', 'means')
 _KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)  # A jax.random.PRNGKey.
-# fold_in(step key, this) draws the step's feature networks: the same on
-# every device (the minibatch keys fold in the device index instead).
+# fold_in(step key, this) draws the step's networks (the inner model's
+# context): the same on every device (the minibatch keys fold in the device
+# index instead).
 _NETS_STREAM = 2**31 - 1
 # fold_in(step key, this) draws the step's augmentation of the distilled
 # images, the same on every device too.
 _AUGMENT_STREAM = 2**31 - 2
-# fold_in(step key, this) draws the pool's re-initialized members;
-# fold_in(state key, this) its initial ones.
+# fold_in(step key, this) draws the inner model's state update (the pool's
+# re-initialized members); fold_in(state key, this) its initial state.
 _POOL_STREAM = 2**31 - 3
 
 
@@ -66,11 +65,13 @@ class OuterState(flax.struct.PyTreeNode):
       'log_temperature' (a scalar: the outer loss's logits are multiplied
       by its exp, Platt scaling).
     opt_state: the Optax state of `params`.
-    inner_params: the inner solution of the last step (for warm starts;
-      with random features, which never warm-start, the initial one).
+    inner_params: the inner solution of the last step, for warm starts
+      (`InnerModel.next_params`: for the models that never warm-start, the
+      initial one).
     rng: base key; step s uses fold_in(rng, s), so nothing else is saved.
-    pool: with config.model.pool_size, the pool of trained feature networks
-      (`pool.Pool`); else empty, and no part of a checkpoint.
+    pool: the inner model's state (`InnerModel.init_state`): with
+      config.model.pool_size, the pool of trained networks (`pool.Pool`);
+      else empty, and no part of a checkpoint.
   """
   step: jax.Array
   params: dict[str, jax.Array]
@@ -112,38 +113,14 @@ class Distiller:
       raise errors.UserError(
           f'config.distill.label_temperature='
           f'{config.distill.label_temperature} must be positive.')
-    self.feature_map = features.make(config.get('model'),
-                                     self.info.image_shape)
-    if self.feature_map is not None and config.inner.warm_start:
-      raise errors.UserError(
-          f'config.inner.warm_start=True does not fit config.model.features='
-          f'{config.model.features!r}: each step draws new feature networks, '
-          'so the last solution is no start; set it False.')
-    self.pool = None
-    if pool.enabled(config.get('model')):
-      if self.feature_map is None:
-        raise errors.UserError(
-            f'config.model.pool_size={config.model.pool_size} needs feature '
-            "networks; set config.model.features to 'conv' or 'mlp'.")
-      self.pool = pool.Pool(config.model, self.feature_map,
-                            self.info.num_classes)
+    self.inner_model = inner_models.make(config, self.info)
     # Training steps only: validation and eval.py fit on the images as is.
     self.transforms = augment.parse_strategy(
         config.distill.get('augment', 'none'), self.info.image_shape[-1],
         'config.distill.augment')
-    num_inputs = (self.info.num_pixels if self.feature_map is None else
-                  self.feature_map.num_features)
-    self.model = models.LinearClassifier(self.info.num_classes)
-    self.solve = inner.make_solver(config.inner, self.model.apply)
     self.optimizer = make_optimizer(config.optimizer, config.num_steps)
     # Class-major labels: examples [c * ipc, (c + 1) * ipc) belong to class c.
     self.labels = np.repeat(np.arange(self.info.num_classes), ipc)
-    # Shapes only: concrete arguments would compile small programs.
-    self.abstract_inner_params = jax.eval_shape(
-        self.model.init, _KEY, jax.ShapeDtypeStruct((1, num_inputs),
-                                                    jnp.float32))
-    self.inner_init = inner.init_params(config.inner,
-                                        self.abstract_inner_params)
 
   @property
   def num_distilled(self) -> int:
@@ -188,12 +165,12 @@ class Distiller:
       params['log_l2reg'] = jnp.log(jnp.float32(self.config.inner.l2reg))
     if self.config.distill.get('learn_temperature'):
       params['log_temperature'] = jnp.zeros((), jnp.float32)
-    members = ({} if self.pool is None else self.pool.init(
-        jax.random.fold_in(rng, _POOL_STREAM)))
     return OuterState(
         step=jnp.zeros((), jnp.int32), params=params,
-        opt_state=self.optimizer.init(params), inner_params=self.inner_init,
-        rng=rng, pool=members)
+        opt_state=self.optimizer.init(params),
+        inner_params=self.inner_model.initial_params, rng=rng,
+        pool=self.inner_model.init_state(
+            jax.random.fold_in(rng, _POOL_STREAM)))
 
   def state_template(self) -> OuterState:
     """Zeros in the structure and shapes of the state: what a checkpoint is
@@ -249,54 +226,28 @@ class Distiller:
       l2reg = jnp.asarray(self.config.inner.l2reg)
     return l2reg, params['images'], targets
 
-  def draw_nets(self, key: jax.Array) -> list[Any] | None:
-    """The feature networks drawn from `key`; None for pixels."""
-    return None if self.feature_map is None else self.feature_map.draw(key)
-
-  def eval_nets(self) -> list[Any] | None:
-    """Fixed feature networks for validation and eval.py, so that scores of
-    different steps compare like with like."""
-    return self.draw_nets(jax.random.fold_in(
+  def eval_context(self) -> Any:
+    """The inner model's fixed context of validation and eval.py."""
+    return self.inner_model.eval_context(jax.random.fold_in(
         jax.random.PRNGKey(self.config.seed), _NETS_STREAM))
 
-  def features(self, nets: list[Any] | None,
-               images: jax.Array) -> jax.Array | None:
-    """Each net's features of `images`, stacked (nets, n, num_features).
-
-    A loop, not a vmap over the nets: vmapped convolutions become grouped
-    ones, which XLA's CPU backend runs several times slower.
-    """
-    if nets is None:
-      return None
-    return jnp.stack([self.feature_map(net, images) for net in nets])
+  def linear_context(self) -> Any:
+    """The inner model's context of the linear evaluator."""
+    return self.inner_model.linear_context(jax.random.fold_in(
+        jax.random.PRNGKey(self.config.seed), _NETS_STREAM))
 
   def fit_inner(self, params: dict[str, jax.Array], init: Any = None,
-                nets: list[Any] | None = None,
+                context: Any = None,
                 augment_key: jax.Array | None = None) -> inner.InnerResult:
-    """Fits the classifier on the distilled set given by `params`: on its
-    pixels, or on the features of each of `nets` (results stacked per net;
-    `init`, if given, too). With `augment_key`, on the images transformed
-    by `self.transforms`, drawn from fold_in(augment_key, net index)."""
-    l2reg, images, targets = self.hyperparams(params)
-    if (nets is None) != (self.feature_map is None):
-      raise ValueError('fit_inner needs feature networks exactly when '
-                       'config.model.features is not pixels.')
-    if nets is None:
-      init = self.inner_init if init is None else init
-      init = jax.tree.map(lambda p: jnp.asarray(p, images.dtype), init)
-      return self.solve(init, l2reg, self._augment(images, augment_key, 0),
-                        targets)
-    # One solve per net, not a vmap: batched LAPACK calls on CPU can
-    # deadlock a small thread pool (see linalg._unstacked).
-    results = []
-    for i, net in enumerate(nets):
-      start = self.inner_init if init is None else jax.tree.map(
-          lambda p, i=i: p[i], init)
-      start = jax.tree.map(lambda p: jnp.asarray(p, images.dtype), start)
-      net_features = self.feature_map(
-          net, self._augment(images, augment_key, i))
-      results.append(self.solve(start, l2reg, net_features, targets))
-    return jax.tree.map(lambda *x: jnp.stack(x), *results)
+    """Fits the inner model on the distilled set given by `params`, in
+    `context` (None: the fixed one of validation). With `augment_key`, on
+    the images transformed by `self.transforms`, drawn from
+    fold_in(augment_key, member index)."""
+    if context is None:
+      context = self.eval_context()
+    transform = lambda images, i: self._augment(images, augment_key, i)
+    return self.inner_model.fit(context, self.hyperparams(params), init,
+                                transform)
 
   def _augment(self, images: jax.Array, key: jax.Array | None,
                index: int) -> jax.Array:
@@ -310,14 +261,10 @@ class Distiller:
         self.transforms).reshape(images.shape)
 
   def _batch_loss(self, inner_params, log_temperature: jax.Array | None,
-                  batch_features: jax.Array | None, batch: Batch):
-    """Sum of cross-entropies over `batch` (masked), and #correct; with
-    features, `inner_params` and `batch_features` are stacked per net and
-    both are averages over the nets."""
-    if batch_features is None:
-      logits = self.model.apply(inner_params, batch['images'])
-    else:
-      logits = jax.vmap(self.model.apply)(inner_params, batch_features)
+                  context: Any, batch: Batch):
+    """Sum over `batch` (masked) of the cross-entropy and of the correct
+    predictions, each averaged over the context's members."""
+    logits = self.inner_model.logits(context, inner_params, batch['images'])
     if log_temperature is not None:
       logits = logits * jnp.exp(log_temperature)
     # One-hot targets rather than integer labels: the same loss, but its
@@ -325,9 +272,8 @@ class Distiller:
     # compiles faster and runs no slower.
     losses = optax.softmax_cross_entropy(
         logits, jax.nn.one_hot(batch['labels'], self.info.num_classes))
-    correct = jnp.argmax(logits, -1) == batch['labels']
-    if batch_features is not None:
-      losses, correct = jnp.mean(losses, 0), jnp.mean(correct, 0)
+    correct = logits.argmax(-1) == batch['labels']
+    losses, correct = jnp.mean(losses, 0), jnp.mean(correct, 0)
     return jnp.sum(batch['mask'] * losses), jnp.sum(batch['mask'] * correct)
 
   def _select_batch(self, shard: Batch, rng: jax.Array) -> Batch:
@@ -343,31 +289,29 @@ class Distiller:
 
   def loss_and_hypergradient(
       self, params: dict[str, jax.Array], batch: Batch, init: Any = None,
-      nets: list[Any] | None = None, augment_key: jax.Array | None = None
+      context: Any = None, augment_key: jax.Array | None = None
   ) -> tuple[dict[str, jax.Array], Metrics, Any]:
     """Outer loss over `batch` on all devices and its gradient wrt `params`.
 
-    Runs under `parallel.pmap` (collectives on AXIS). `nets`: the feature
-    networks (the same on every device), for features other than pixels;
-    `augment_key`: that of the distilled images' augmentation (the same on
-    every device too), or None.
-    Returns the hypergradient, the step's metrics and the inner solution
-    (stacked per net with features).
+    Runs under `parallel.pmap` (collectives on AXIS). `context`: the inner
+    model's (the same on every device; None: validation's); `augment_key`:
+    that of the distilled images' augmentation (the same on every device
+    too), or None.
+    Returns the hypergradient, the step's metrics and the inner solution.
     """
+    if context is None:
+      context = self.eval_context()
 
     def inner_solution(params):
-      result = self.fit_inner(params, init, nets, augment_key)
+      result = self.fit_inner(params, init, context, augment_key)
       return result.params, (result.iterations, result.error)
 
     inner_params, pullback, (iterations, error) = jax.vjp(
         inner_solution, params, has_aux=True)
-    # The real batch's features need no gradient: the networks are random,
-    # not learned.
     log_temperature = params.get('log_temperature')
     (loss_sum, correct), (dparams, dtemperature) = jax.value_and_grad(
         self._batch_loss, argnums=(0, 1), has_aux=True)(
-            inner_params, log_temperature,
-            self.features(nets, batch['images']), batch)
+            inner_params, log_temperature, context, batch)
     count = jnp.sum(batch['mask'])
     loss_sum, correct, count, dparams, dtemperature = jax.lax.psum(
         (loss_sum, correct, count, dparams, dtemperature), parallel.AXIS)
@@ -392,38 +336,24 @@ class Distiller:
     """One outer update; runs under `parallel.pmap`."""
     key = jax.random.fold_in(state.rng, state.step)
     batch = self._select_batch(shard, key)
-    if self.pool is None:
-      nets = self.draw_nets(jax.random.fold_in(key, _NETS_STREAM))
-    else:
-      members = self.pool.select(state.step)
-      nets = self.pool.feature_nets(state.pool, members)
+    context = self.inner_model.context(state.pool, state.step,
+                                       jax.random.fold_in(key, _NETS_STREAM))
     grads, metrics, inner_params = self.loss_and_hypergradient(
         state.params, batch,
         state.inner_params if self.config.inner.warm_start else None,
-        nets,
+        context,
         jax.random.fold_in(key, _AUGMENT_STREAM) if self.transforms else None)
-    if self.feature_map is not None:
-      inner_params = state.inner_params
     updates, opt_state = self.optimizer.update(grads, state.opt_state,
                                                state.params)
     params = self._project(optax.apply_updates(state.params, updates))
-    new_state = state.replace(step=state.step + 1, params=params,
-                              opt_state=opt_state, inner_params=inner_params)
-    if self.pool is not None:
-      pool_key = jax.random.fold_in(key, _POOL_STREAM)
-      if self.pool.data == 'real':
-        # The members used learn the step's real minibatch.
-        members_after = self.pool.train(
-            state.pool, members, batch['images'],
-            jax.nn.one_hot(batch['labels'], self.info.num_classes),
-            pool_key, mask=batch['mask'])
-      else:
-        # The members used learn the updated set with its current labels.
-        _, images, targets = self.hyperparams(params)
-        members_after = self.pool.train(state.pool, members, images,
-                                        targets, pool_key)
-      new_state = new_state.replace(pool=members_after)
-    return new_state, metrics
+    new_pool = self.inner_model.update(
+        state.pool, state.step, jax.random.fold_in(key, _POOL_STREAM),
+        self.hyperparams(params), batch)
+    return state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state,
+        inner_params=self.inner_model.next_params(state.inner_params,
+                                                  inner_params),
+        pool=new_pool), metrics
 
   def _project(self, params: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Keeps a learned l2reg at or above config.distill.l2reg_min: below
@@ -447,12 +377,12 @@ class Distiller:
 
   def eval_step(self, params: dict[str, jax.Array],
                 shard: Batch) -> Metrics:
-    """Loss and accuracy on `shard` of the inner model fit from scratch."""
-    nets = self.eval_nets()
-    inner_params = self.fit_inner(params, nets=nets).params
+    """Loss and accuracy on `shard` of the inner model fit from scratch, in
+    the fixed context of validation."""
+    context = self.eval_context()
+    inner_params = self.fit_inner(params, context=context).params
     loss_sum, correct = self._batch_loss(
-        inner_params, params.get('log_temperature'),
-        self.features(nets, shard['images']), shard)
+        inner_params, params.get('log_temperature'), context, shard)
     loss_sum, correct, count = jax.lax.psum(
         (loss_sum, correct, jnp.sum(shard['mask'])), parallel.AXIS)
     return {'loss': loss_sum / count, 'accuracy': correct / count}

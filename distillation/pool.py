@@ -49,7 +49,8 @@ class Pool:
   (optimizer steps taken since the member's initialization)."""
 
   def __init__(self, model_config: ml_collections.ConfigDict,
-               feature_map: features.FeatureMap, num_classes: int):
+               feature_map: features.FeatureMap, num_classes: int,
+               random_head: bool = False):
     self.size = model_config.pool_size
     self.steps = model_config.pool_steps
     self.max_updates = model_config.pool_max_updates
@@ -80,13 +81,18 @@ class Pool:
           f'{", ".join(DATA)}.')
     self.feature_map = feature_map
     self.num_classes = num_classes
+    self.random_head = random_head
 
   def _member(self, key: jax.Array) -> dict[str, Any]:
     """A new member and its optimizer state. The classifier starts at zero,
-    so a new member's features are those of a fresh random network."""
+    so a new member's features are those of a fresh random network; with
+    `random_head`, at random_head_kernel(key), for a linearized network
+    whose logits must depend on its body from the start."""
+    shape = (self.feature_map.num_features, self.num_classes)
+    kernel = (random_head_kernel(key, shape) if self.random_head else
+              jnp.zeros(shape))
     params = {'features': self.feature_map.init(key),
-              'head': {'kernel': jnp.zeros((self.feature_map.num_features,
-                                            self.num_classes)),
+              'head': {'kernel': kernel,
                        'bias': jnp.zeros((self.num_classes,))}}
     return {**params, 'opt_state': self.optimizer.init(params)}
 
@@ -103,6 +109,19 @@ class Pool:
     """The members used at `step`: the next nets_per_step, in turn."""
     return [(step * self.nets_per_step + j) % self.size
             for j in range(self.nets_per_step)]
+
+  def update(self, pool: dict[str, Any], step: jax.Array, key: jax.Array,
+             images: jax.Array, targets: jax.Array,
+             batch: dict[str, jax.Array]) -> dict[str, Any]:
+    """The pool after the members used at `step` learn pool_data: the
+    updated distilled set (images, targets), or this device's shard of the
+    step's real `batch` (call under `parallel.pmap`)."""
+    members = self.select(step)
+    if self.data == 'real':
+      return self.train(pool, members, batch['images'],
+                        jax.nn.one_hot(batch['labels'], self.num_classes),
+                        key, mask=batch['mask'])
+    return self.train(pool, members, images, targets, key)
 
   def feature_nets(self, pool: dict[str, Any],
                    index: list[jax.Array]) -> list[Any]:
@@ -159,3 +178,10 @@ class Pool:
           {**params, 'opt_state': opt_state, 'age': age})
       pool = jax.tree.map(lambda x, m, i=i: x.at[i].set(m), pool, member)
     return pool
+
+
+def random_head_kernel(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
+  """A dense head of standard normal entries, drawn from fold_in(key, 1):
+  on features normalized by sqrt(num_features) (`features.FeatureMap`), its
+  logits are of order one whatever the width."""
+  return jax.random.normal(jax.random.fold_in(key, 1), shape)

@@ -86,9 +86,11 @@ class ConfigsTest(parameterized.TestCase):
 
   @parameterized.parameters(
       ('conv.py:bad', r"'bad' is not valid; use configs/conv.py:DATASET,ipc="
-       r'\.\.\.\[,size=\.\.\.\]\[,pool=\.\.\.\] where DATASET is one of '
+       r'\.\.\.\[,size=\.\.\.\]\[,pool=\.\.\.\]\[,inner=\.\.\.\] where '
+       r'DATASET is one of '
        r'digits, mnist, fashion_mnist, cifar10; ipc one of 1, 10, 50; size '
-       r'one of paper \(default\), cpu; pool one of 0 \(default\), 1\.'),
+       r'one of paper \(default\), cpu; pool one of 0 \(default\), 1; '
+       r'inner one of head \(default\), linearized\.'),
       ('conv.py', r"dataset, ipc missing \(no argument\); use "),
       ('conv.py:mnist', r"ipc missing \('mnist'\); use "),
       ('conv.py:mnist,ipc=10,ipc=1', r"'ipc=1' repeats; use "),

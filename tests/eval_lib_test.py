@@ -245,12 +245,12 @@ class FeatureEvalTest(absltest.TestCase):
     # 16 random ReLU features of the digits: far above chance, below pixels.
     self.assertBetween(rows['full_data']['test_accuracy'], 0.5, 0.99)
     distiller, state, _ = eval_lib.load_distilled(workdir, 'best')
-    nets = distiller.eval_nets()[:1]
+    nets = distiller.eval_context()[:1]
     _, validation, test = input_pipeline.load_train_validation_test(
         config.data)
     del validation
     weights = linear_eval._kernel(distiller.fit_inner(state.params,
-                                                      nets=nets).params)
+                                                      context=nets).params)
     accuracy, _ = linear_eval._test(
         weights, linear_eval._features(distiller, nets, test))
     self.assertAlmostEqual(rows['distilled']['test_accuracy'], accuracy,

@@ -350,17 +350,18 @@ class FeatureOuterTest(parameterized.TestCase):
       distiller, params, shard = _float64_problem(config, train)
       # A non-trivial temperature, so its gradient is tested too.
       params['log_temperature'] = jnp.asarray(0.5, jnp.float64)
-      nets = distiller.draw_nets(jax.random.PRNGKey(3))
+      model = distiller.inner_model
+      nets = model.draw(jax.random.PRNGKey(3))
       if pool:  # Both members after 3 steps on the set.
-        train_members = jax.jit(lambda members, params: distiller.pool.train(
+        train_members = jax.jit(lambda members, params: model.pool.train(
             members, [0, 1], *distiller.hyperparams(params)[1:],
             jax.random.PRNGKey(4)))
-        fresh = jax.jit(distiller.pool.init)(jax.random.PRNGKey(3))
+        fresh = jax.jit(model.pool.init)(jax.random.PRNGKey(3))
         members = fresh
         for _ in range(3):
           members = train_members(members, params)
         np.testing.assert_array_equal(members['age'], [3, 53])
-        nets = distiller.pool.feature_nets(members, [0, 1])
+        nets = model.pool.feature_nets(members, [0, 1])
         self.assertGreater(max(np.abs(a - b).max() for a, b in zip(
             jax.tree.leaves(members['features']),
             jax.tree.leaves(fresh['features']))), 0.01)
@@ -388,9 +389,9 @@ class FeatureOuterTest(parameterized.TestCase):
                                    images.shape)
 
       head_phi = jax.jit(lambda images: jnp.stack([
-          distiller.feature_map(net, augmented(images, i))
+          model.feature_map(net, augmented(images, i))
           for i, net in enumerate(nets)]))
-      batch_features = np.asarray(distiller.features(
+      batch_features = np.asarray(model.features(
           nets, train.images.astype(np.float64)))
 
       def outer_loss(params):

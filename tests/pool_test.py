@@ -27,7 +27,7 @@ class PoolTest(parameterized.TestCase):
 
   def test_members_take_turns_and_are_renewed_at_their_age(self):
     distiller = outer.Distiller(_config(pool_steps=2))
-    pool = distiller.pool
+    pool = distiller.inner_model.pool
     # Compiled: eagerly, each of their small operations would compile.
     members = jax.jit(pool.init)(jax.random.PRNGKey(0))
     np.testing.assert_array_equal(members['age'], [0, 1, 2])  # 4 * i // 3.
@@ -66,7 +66,7 @@ class PoolTest(parameterized.TestCase):
     with jax.enable_x64(True):
       distiller = outer.Distiller(_config(pool_data='real', pool_steps=2,
                                           pool_learning_rate=0.1))
-      pool = distiller.pool
+      pool = distiller.inner_model.pool
       members = jax.jit(pool.init)(jax.random.PRNGKey(0))
       members = jax.tree.map(
           lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x,
@@ -106,8 +106,8 @@ class PoolTest(parameterized.TestCase):
     self.assertNotIn('\n', str(raised.exception))
 
   def test_no_pool_without_updates(self):
-    self.assertIsNone(outer.Distiller(_config(pool_max_updates=0)).pool)
-    self.assertIsNone(outer.Distiller(_config(pool_size=0)).pool)
+    self.assertIsNone(outer.Distiller(_config(pool_max_updates=0)).inner_model.pool)
+    self.assertIsNone(outer.Distiller(_config(pool_size=0)).inner_model.pool)
 
 
 if __name__ == '__main__':

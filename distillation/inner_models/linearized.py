@@ -1,0 +1,232 @@
+"""The network itself as the inner model, linearized around a base network
+(RCIG: Loo et al., "Dataset Distillation with Convexified Implicit
+Gradients", ICML 2023).
+
+A base network is a body b0 (the feature network of `config.model`) and a
+dense head a0. Around it the network is linearized in its body: with phi the
+body's features and J = d phi / d b at b0,
+
+  f(x; W, delta) = phi(x; b0) W + (J(x) delta) a0,
+
+linear in the head W and the body offset delta. Fit on the distilled set
+(X, Y) with ridge penalties,
+
+  L(W, delta) = mean_i ||f(x_i) - y_i||^2 / 2 + l2reg / 2 ||W||^2
+                + body_l2reg / 2 ||delta||^2,
+
+the inner problem is a convex quadratic. W has the closed form of
+`inner.ridge_weights` on the residual targets Y - (J delta) a0; eliminating
+it leaves
+
+  F(delta) = l2reg / 2 tr(R^T (G + l2reg k I)^-1 R) + body_l2reg / 2 ||delta||^2,
+  R = Y - (J delta) a0,  G = phi phi^T  (k x k),
+
+which conjugate gradients minimizes matrix-free (Hessian-vector products by
+jvp of grad), for config.inner.maxiter steps or until ||grad F|| <=
+config.inner.tol. The hypergradient is the implicit function theorem on
+grad F(delta*) = 0 (`jaxopt.implicit_diff.custom_root`, its system solved
+by CG: config.inner.implicit_maxiter, implicit_tol; the Hessian is symmetric
+positive definite), plus the direct term through W's closed form.
+
+Base networks: each step's `nets_per_step` fresh random ones, or the pool's
+members (`pool.py`) whose turn it is, trained on the distilled set. Their
+heads start at random, not zero, so that the logits depend on the body from
+the first step. The head's loss is the squared one only (the KRR head of
+KIP, FRePo and RCIG).
+"""
+
+from collections.abc import Callable
+import functools
+from typing import Any
+import warnings
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg
+import ml_collections
+import numpy as np
+
+from distillation import errors
+from distillation import features
+from distillation import inner
+from distillation import input_pipeline
+from distillation import pool as pool_lib
+from distillation.inner_models import base
+
+with warnings.catch_warnings():
+  warnings.simplefilter('ignore')  # jaxopt warns on import that it is archived.
+  import jaxopt  # pylint: disable=g-import-not-at-top
+
+_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+
+def _vdot(a: Any, b: Any) -> jax.Array:
+  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a),
+                                            jax.tree.leaves(b)))
+
+
+def conjugate_gradients(matvec: Callable[[Any], Any], b: Any, x0: Any,
+                        tol: float, maxiter: int) -> tuple[Any, jax.Array]:
+  """Solves matvec(x) = b (symmetric positive definite) from x0 until the
+  residual's norm is at most `tol` or `maxiter` steps; (x, steps taken).
+  Not differentiated: custom_root gives the solution's derivative."""
+  r = jax.tree.map(jnp.subtract, b, matvec(x0))
+  tree_axpy = lambda a, x, y: jax.tree.map(lambda u, v: a * u + v, x, y)
+
+  def cond(carry):
+    _, _, _, rr, i = carry
+    return (rr > tol**2) & (i < maxiter)
+
+  def body(carry):
+    x, r, p, rr, i = carry
+    ap = matvec(p)
+    alpha = rr / _vdot(p, ap)
+    x = tree_axpy(alpha, p, x)
+    r = tree_axpy(-alpha, ap, r)
+    rr_new = _vdot(r, r)
+    p = tree_axpy(rr_new / rr, p, r)
+    return x, r, p, rr_new, i + 1
+
+  rr = _vdot(r, r)
+  x, _, _, _, steps = jax.lax.while_loop(
+      cond, body, (x0, r, r, rr, jnp.zeros((), jnp.int32)))
+  return x, steps
+
+
+class Linearized(base.InnerModel):
+  """The linearized network; fits stacked per base network, each
+  {'kernel': W (num_features, num_classes), 'delta': the body's offset}."""
+
+  name = 'linearized'
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               info: input_pipeline.DatasetInfo):
+    model_config, inner_config = config.model, config.inner
+    self.feature_map = features.FeatureMap(model_config, info.image_shape)
+    self.num_classes = info.num_classes
+    if inner_config.get('loss', 'logistic') != 'squared':
+      raise errors.UserError(
+          f"config.inner.loss={inner_config.get('loss', 'logistic')!r} does "
+          'not fit config.model.linearize=True, whose head has the closed '
+          "form of the squared loss; set config.inner.loss='squared'.")
+    if inner_config.warm_start:
+      raise errors.UserError(
+          'config.inner.warm_start=True does not fit config.model.linearize='
+          'True: each step has other base networks, so the last solution is '
+          'no start; set it False.')
+    self.body_l2reg = model_config.body_l2reg
+    if not 0 < self.body_l2reg < np.inf:
+      raise errors.UserError(
+          f'config.model.body_l2reg={self.body_l2reg} must be positive and '
+          'finite: it makes the inner problem strongly convex.')
+    for field in ('maxiter', 'implicit_maxiter'):
+      if inner_config[field] < 1:
+        raise errors.UserError(
+            f'config.inner.{field}={inner_config[field]} must be at least 1.')
+    for field in ('tol', 'implicit_tol'):
+      if not inner_config[field] > 0:
+        raise errors.UserError(
+            f'config.inner.{field}={inner_config[field]} must be positive.')
+    self.tol, self.maxiter = inner_config.tol, inner_config.maxiter
+    self.pool = None
+    if pool_lib.enabled(model_config):
+      self.pool = pool_lib.Pool(model_config, self.feature_map,
+                                info.num_classes, random_head=True)
+    implicit_solve = functools.partial(
+        jaxopt.linear_solve.solve_cg, tol=inner_config.implicit_tol,
+        maxiter=inner_config.implicit_maxiter)
+    self._solve_delta = jaxopt.implicit_diff.custom_root(
+        jax.grad(self._objective), has_aux=True,
+        solve=implicit_solve)(self._minimize)
+    body = jax.eval_shape(self.feature_map.init, _KEY)
+    self.initial_params = {
+        'kernel': np.zeros((self.feature_map.num_features, info.num_classes),
+                           np.float32),
+        'delta': jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), body)}
+
+  def _member(self, key: jax.Array) -> dict[str, Any]:
+    """A random base network: body and head kernel (as a pool member's)."""
+    return {'features': self.feature_map.init(key),
+            'kernel': pool_lib.random_head_kernel(
+                key, (self.feature_map.num_features, self.num_classes))}
+
+  def init_state(self, key):
+    return {} if self.pool is None else self.pool.init(key)
+
+  def context(self, state, step, key) -> list[dict[str, Any]]:
+    if self.pool is None:
+      return self.eval_context(key)
+    return [jax.lax.stop_gradient({'features': jax.tree.map(
+        lambda x, i=i: x[i], state['features']),
+                                   'kernel': state['head']['kernel'][i]})
+            for i in self.pool.select(step)]
+
+  def eval_context(self, key) -> list[dict[str, Any]]:
+    return [self._member(jax.random.fold_in(key, i))
+            for i in range(self.feature_map.nets_per_step)]
+
+  def _linearize(self, member, images):
+    """phi(images; b0) and delta -> (J delta) a0, the tangent logits."""
+    phi, jvp = jax.linearize(lambda b: self.feature_map(b, images),
+                             member['features'])
+    return phi, lambda delta: jvp(delta) @ member['kernel']
+
+  def _objective(self, delta, l2reg, images, targets, member):
+    """F(delta): the inner loss with the head W at its closed form."""
+    phi, tangent = self._linearize(member, images)
+    return self._reduced(delta, l2reg, phi, tangent, targets)
+
+  def _reduced(self, delta, l2reg, phi, tangent, targets):
+    k = phi.shape[0]
+    residual = targets - tangent(delta)
+    with jax.default_matmul_precision('highest'):  # Not TF32 on GPUs.
+      gram = phi @ phi.T + l2reg * k * jnp.eye(k, dtype=phi.dtype)
+      data = 0.5 * l2reg * jnp.vdot(residual, jax.scipy.linalg.solve(
+          gram, residual, assume_a='pos'))
+    return data + 0.5 * self.body_l2reg * _vdot(delta, delta)
+
+  def _minimize(self, init, l2reg, images, targets, member):
+    """CG on the quadratic F from `init`; (delta, (steps, ||grad F||))."""
+    phi, tangent = self._linearize(member, images)
+    grad = jax.grad(lambda d: self._reduced(d, l2reg, phi, tangent, targets))
+    hvp = lambda v: jax.jvp(grad, (init,), (v,))[1]
+    # F is quadratic: grad F(d) = H d - b with b = -grad F(0).
+    zero = jax.tree.map(jnp.zeros_like, init)
+    b = jax.tree.map(jnp.negative, grad(zero))
+    delta, steps = conjugate_gradients(hvp, b, init, self.tol, self.maxiter)
+    error = jnp.sqrt(_vdot(grad(delta), grad(delta)))
+    return delta, (steps, error)
+
+  def fit(self, context, hyper, init=None,
+          transform=base.identity) -> inner.InnerResult:
+    l2reg, images, targets = hyper
+    results = []
+    for i, member in enumerate(context):
+      x = transform(images, i)
+      start = jax.tree.map(lambda p: jnp.zeros(p.shape, x.dtype),
+                           self.initial_params['delta'])
+      member = jax.tree.map(lambda p: jnp.asarray(p, x.dtype), member)
+      delta, (steps, error) = self._solve_delta(start, l2reg, x, targets,
+                                                member)
+      phi, tangent = self._linearize(member, x)
+      kernel = inner.ridge_weights(l2reg, phi, targets - tangent(delta))
+      results.append(inner.InnerResult({'kernel': kernel, 'delta': delta},
+                                       steps, error))
+    return jax.tree.map(lambda *x: jnp.stack(x), *results)
+
+  def logits(self, context, params, images) -> jax.Array:
+    out = []
+    for i, member in enumerate(context):
+      phi, dphi = jax.jvp(
+          lambda b, x=images: self.feature_map(b, x),
+          (member['features'],),
+          (jax.tree.map(lambda d, i=i: d[i], params['delta']),))
+      with jax.default_matmul_precision('highest'):
+        out.append(phi @ params['kernel'][i] + dphi @ member['kernel'])
+    return jnp.stack(out)
+
+  def update(self, state, step, key, hyper, batch):
+    if self.pool is None:
+      return state
+    _, images, targets = hyper
+    return self.pool.update(state, step, key, images, targets, batch)
