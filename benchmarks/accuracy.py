@@ -24,10 +24,15 @@ import subprocess
 import sys
 import time
 
-from absl import app
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from distillation import cli
+from distillation import errors
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where runs and the table go.')
 flags.DEFINE_multi_string('config', [], 'A config as train.py takes it, '
@@ -67,8 +72,16 @@ def panel(spec: str) -> tuple[str, int | None]:
 
 def _run(args: list[str]) -> float:
   start = time.time()
-  subprocess.run([sys.executable, *args], cwd=ROOT, check=True,
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  process = subprocess.run([sys.executable, *args], cwd=ROOT, check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, errors='replace')
+  if process.returncode:
+    # The program's own one-line error, if it printed one.
+    lines = [line for line in process.stderr.splitlines()
+             if line.startswith('ERROR: ')]
+    sys.exit(f'ERROR: {args[0]} exited with {process.returncode}' +
+             (f': {lines[-1][len("ERROR: "):]}' if lines else
+              f'; rerun python {" ".join(args)} to see why.'))
   return time.time() - start
 
 
@@ -209,16 +222,42 @@ def plot(rows: list[dict], path: str) -> bool:
   return True
 
 
+def check(configs: list[str], include: list[str], workdir: str, out: str,
+          extra: list[str]) -> None:
+  """Raises a UserError for what would fail before or at the start of a
+  run, before anything is run or created."""
+  if not configs and not include:
+    raise errors.UserError('nothing to tabulate; pass --config=CONFIG (one '
+                           'per run) or --include=DIR.')
+  for directory in include:
+    if not os.path.isfile(os.path.join(directory, 'accuracy.json')):
+      raise errors.UserError(f'--include={directory}: no accuracy.json '
+                             'there; pass an earlier --out of this script.')
+  for flag, path in (('--workdir', workdir), ('--out', out)):
+    if os.path.exists(path) and not os.path.isdir(path):
+      raise errors.UserError(f'{flag}={path} is a file; pass a directory.')
+  for name in configs:
+    run_dir = os.path.join(os.path.abspath(workdir), run_name(name))
+    if os.path.exists(run_dir):
+      raise errors.UserError(f'--config={name}: {run_dir} exists; pick a '
+                             'new --workdir.')
+    config = cli.load_config([f'--config={name}', *extra], ROOT)
+    try:
+      cli.check_train_config(config, ROOT)
+    except errors.UserError as e:
+      raise errors.UserError(f'--config={name}: {e}') from None
+
+
 def main(argv):
   extra = argv[1:]
+  out = FLAGS.out or FLAGS.workdir
+  check(FLAGS.config, FLAGS.include, FLAGS.workdir, out, extra)
   rows = []
   for directory in FLAGS.include:
     with open(os.path.join(directory, 'accuracy.json')) as f:
       rows += json.load(f)
   for name in FLAGS.config:
     workdir = os.path.join(os.path.abspath(FLAGS.workdir), run_name(name))
-    if os.path.exists(workdir):
-      raise app.UsageError(f'{workdir} exists; pick a new --workdir.')
     train_s = _run(['train.py', f'--config={name}',
                     f'--workdir={workdir}', *extra])
     eval_s = _run(['eval.py', f'--workdir={workdir}'])
@@ -227,7 +266,6 @@ def main(argv):
     rows.append({'config': name, 'train_seconds': train_s,
                  'eval_seconds': eval_s, 'commit': _commit(), **result})
     print(json.dumps(rows[-1]), flush=True)
-  out = FLAGS.out or FLAGS.workdir
   os.makedirs(out, exist_ok=True)
   text = table(rows)
   with open(os.path.join(out, 'accuracy.md'), 'w') as f:
@@ -242,4 +280,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, passed_on='train.py')

@@ -29,6 +29,12 @@ from absl import app
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from distillation import cli
+from distillation import errors
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string('run', [], 'LABEL=WORKDIR of a train.py run; '
                           'repeat for several.')
@@ -48,9 +54,38 @@ def parse_runs(specs: list[str]) -> dict[str, str]:
   for spec in specs:
     label, sep, workdir = spec.partition('=')
     if not sep or not label or not workdir:
-      raise app.UsageError(f'--run={spec}: expected LABEL=WORKDIR.')
+      raise app.UsageError(f'--run={spec}: expected LABEL=WORKDIR, e.g. '
+                           '--run=random=workdirs/curve/random.')
+    if label in runs:
+      raise app.UsageError(f'--run={spec}: the label {label} is taken; give '
+                           'each run its own.')
     runs[label] = workdir
   return runs
+
+
+def check_runs(runs: dict[str, str]) -> None:
+  """Raises a UserError unless each run's workdir is a train.py run's."""
+  for label, workdir in runs.items():
+    if not os.path.isdir(workdir):
+      raise errors.UserError(f'--run={label}={workdir}: no such directory; '
+                             'pass the --workdir of a train.py run.')
+    if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+      raise errors.UserError(
+          f'--run={label}={workdir}: no checkpoints there; pass the '
+          '--workdir of a train.py run (with config.max_checkpoints_to_keep '
+          'large enough to keep each of --steps).')
+
+
+def parse_steps(steps: list[str]) -> list[int]:
+  """The sorted --steps, each a positive integer."""
+  try:
+    parsed = sorted(int(s) for s in steps)
+  except ValueError:
+    parsed = []
+  if not parsed or parsed[0] < 1:
+    raise app.UsageError(f'--steps={",".join(steps)}: expected positive '
+                         'integers, e.g. --steps=300,1000,3000.')
+  return parsed
 
 
 def head_validation(workdir: str) -> dict[int, float]:
@@ -84,9 +119,17 @@ def evaluate(workdir: str, step: int, path: str, baselines: bool,
           cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False
       ).returncode
     if code:
-      sys.exit(f'ERROR: eval.py exited with {code}; its output is in {log}.')
+      sys.exit(f'ERROR: eval.py exited with {code}{last_error(log)}; its '
+             f'output is in {log}.')
   with open(path) as f:
     return json.load(f)
+
+
+def last_error(log: str) -> str:
+  """': <the message>' of the last `ERROR:` line in `log`, or ''."""
+  with open(log, errors='replace') as f:
+    lines = [line.strip() for line in f if line.startswith('ERROR: ')]
+  return f': {lines[-1][len("ERROR: "):].rstrip(".")}' if lines else ''
 
 
 def validation(result: dict, method: str) -> dict[tuple[str, str], tuple]:
@@ -131,8 +174,18 @@ def plot(curves: dict, baseline: dict, steps: list[int], columns: list,
 
 def main(argv):
   runs = parse_runs(FLAGS.run)
-  steps = sorted(int(s) for s in FLAGS.steps)
-  results_dir = os.path.join(FLAGS.out, FLAGS.name)
+  steps = parse_steps(FLAGS.steps)
+  check_runs(runs)
+  # Absolute: eval.py runs in the repository's root.
+  runs = {label: os.path.abspath(workdir) for label, workdir in runs.items()}
+  if os.sep in FLAGS.name or not FLAGS.name.strip('.'):
+    raise errors.UserError(f'--name={FLAGS.name}: a file name without '
+                           f'{os.sep}, e.g. --name=conv_digits.')
+  if os.path.exists(FLAGS.out) and not os.path.isdir(FLAGS.out):
+    raise errors.UserError(f'--out={FLAGS.out} is a file; pass a directory.')
+  # eval.py's own one-line error for a bad --config after --.
+  cli.load_config(argv[1:], ROOT)
+  results_dir = os.path.join(os.path.abspath(FLAGS.out), FLAGS.name)
   os.makedirs(results_dir, exist_ok=True)
   curves, heads, baseline = {}, {}, {}
   for i, (label, workdir) in enumerate(runs.items()):
@@ -203,4 +256,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, passed_on='eval.py')

@@ -19,17 +19,16 @@ import subprocess
 import sys
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-# The module itself: the package does not export ConfigFileFlagParser.
-from ml_collections.config_flags import config_flags
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from distillation import cli
+from distillation import errors
 from distillation import input_pipeline
 from distillation import outer
 from distillation import parallel
@@ -37,7 +36,8 @@ from distillation import parallel
 FLAGS = flags.FLAGS
 flags.DEFINE_string('config', 'configs/conv.py:fashion_mnist,ipc=10,size=cpu',
                     'A config with conv features, as train.py takes it.')
-flags.DEFINE_integer('repeats', 20, 'Timed calls per measurement.')
+flags.DEFINE_integer('repeats', 20, 'Timed calls per measurement.',
+                     lower_bound=1)
 
 
 def _time_ms(fn, *args):
@@ -52,8 +52,12 @@ def _time_ms(fn, *args):
 
 def main(argv):
   del argv
-  config = config_flags.ConfigFileFlagParser('config').parse(
-      os.path.join(ROOT, FLAGS.config))
+  config = cli.load_config([f'--config={FLAGS.config}'], ROOT)
+  if config.model.features == 'pixels':
+    raise errors.UserError(f'--config={FLAGS.config} has pixel features, '
+                           'no networks to time; pass a config with conv '
+                           'features, e.g. configs/conv.py:digits,ipc=1,'
+                           'size=cpu.')
   rng = np.random.default_rng(0)
   info = input_pipeline.dataset_info(config.data)
   n = 20_000
@@ -99,4 +103,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -28,7 +28,6 @@ import sys
 import time
 import warnings
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -39,6 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import fashion_mnist
 from configs import linear
+from distillation import cli
+from distillation import errors
 from distillation import input_pipeline
 from distillation import outer
 from distillation import parallel
@@ -268,12 +269,31 @@ def step_table(train, quick):
   return rows
 
 
+def check_flags() -> None:
+  """Raises a UserError for a flag that would fail later, before anything
+  is timed or written."""
+  unknown = [s for s in FLAGS.solvers if s not in IMPLICIT_SOLVE]
+  if unknown or not FLAGS.solvers:
+    raise errors.UserError(f'--solvers={",".join(FLAGS.solvers)}: pick from '
+                           f'{", ".join(IMPLICIT_SOLVE)}.')
+  if FLAGS.trace_of is not None and FLAGS.trace_of not in RUNS:
+    raise errors.UserError(f'--trace_of={FLAGS.trace_of}: pick one of '
+                           f'{", ".join(RUNS)}.')
+  if not os.path.isdir(FLAGS.idx_dir):
+    raise errors.UserError(f'--idx_dir={FLAGS.idx_dir} is not a directory; '
+                           'point it at the Fashion-MNIST idx files.')
+  if os.path.exists(FLAGS.out) and not os.path.isdir(FLAGS.out):
+    raise errors.UserError(f'--out={FLAGS.out} is a file; pass a directory.')
+
+
 def main(argv):
   del argv
-  os.makedirs(FLAGS.out, exist_ok=True)
+  check_flags()
   base = fashion_mnist.get_config()
   base.data.idx_dir = FLAGS.idx_dir
+  # Before --out is created: the data's errors are the user's to fix.
   train, test = _data(base)
+  os.makedirs(FLAGS.out, exist_ok=True)
   if FLAGS.trace_of:
     print('RESULT=' + json.dumps(trace_of(FLAGS.trace_of, train, test)))
     return
@@ -379,4 +399,4 @@ def to_markdown(result):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

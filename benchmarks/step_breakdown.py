@@ -14,7 +14,6 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -25,14 +24,17 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import linear
+from distillation import cli
 from distillation import linalg
 from distillation import input_pipeline
 from distillation import outer
 from distillation import parallel
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('images_per_class', 1, 'Distilled images per class.')
-flags.DEFINE_integer('repeats', 50, 'Timed calls per measurement.')
+flags.DEFINE_integer('images_per_class', 1, 'Distilled images per class.',
+                     lower_bound=1)
+flags.DEFINE_integer('repeats', 50, 'Timed calls per measurement.',
+                     lower_bound=1)
 
 
 def _time_ms(fn, *args):
@@ -147,4 +149,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -27,6 +27,12 @@ from absl import app
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from distillation import cli
+from distillation import errors
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('config', None, 'A config as train.py takes it, e.g. '
                     'configs/conv.py:digits,ipc=1,size=cpu.')
@@ -51,9 +57,51 @@ def grid_points(grid: list[str]) -> list[dict[str, str]]:
   for entry in grid:
     field, sep, values = entry.partition('=')
     if not sep or not field or not values:
-      raise app.UsageError(f'--grid={entry}: expected field=v1,v2,...')
+      raise app.UsageError(f'--grid={entry}: expected field=v1,v2,..., e.g. '
+                           '--grid=optimizer.learning_rate=0.01,0.03.')
     axes.append([(field, value) for value in values.split(',')])
   return [dict(point) for point in itertools.product(*axes)]
+
+
+def check(config: str, grid: list[str], points: list[dict[str, str]],
+          validation_size: int, evaluator: str, extra: list[str]) -> None:
+  """Raises a UserError if a point's train.py command line would fail
+  before training, with train.py's own message and the --grid entry or
+  point it comes from; before anything is run or created."""
+  cli.load_config([f'--config={config}'], ROOT)
+  for entry in grid:
+    field, _, values = entry.partition('=')
+    for value in values.split(','):
+      try:
+        cli.load_config([f'--config={config}', f'--config.{field}={value}'],
+                        ROOT)
+      except errors.UserError as e:
+        # The hint in the terms of --grid, which takes no --config. prefix.
+        message = str(e).replace('did you mean --config.', 'did you mean ')
+        raise errors.UserError(f'--grid={entry}: {message}') from None
+  for point in points:
+    # Flags of the config and after -- name themselves.
+    parsed = cli.load_config(
+        train_args(config, point, validation_size, extra), ROOT)
+    try:
+      cli.check_train_config(parsed, ROOT)
+    except errors.UserError as e:
+      raise errors.UserError(f'the point {point_name(point)}: {e}' if point
+                             else str(e)) from None
+    nets = [n for n in parsed.eval.nets if n != 'linear']
+    if evaluator not in nets:
+      raise errors.UserError(
+          f'--evaluator={evaluator}: not a network of config.eval.nets '
+          f'({", ".join(nets) or "none"}); pick one of them, or add it '
+          'after -- (--config.eval.nets=...).')
+
+
+def train_args(config: str, point: dict[str, str], validation_size: int,
+               extra: list[str]) -> list[str]:
+  """train.py's flags for a point, but --workdir."""
+  return [f'--config={config}',
+          *[f'--config.{k}={v}' for k, v in point.items()],
+          f'--config.data.validation_size={validation_size}', *extra]
 
 
 def run_name(spec: str) -> str:
@@ -97,8 +145,16 @@ def _run(args: list[str], log: str) -> float:
     code = subprocess.run([sys.executable, *args], cwd=ROOT, stdout=f,
                           stderr=subprocess.STDOUT, check=False).returncode
   if code:
-    sys.exit(f'ERROR: {args[0]} exited with {code}; its output is in {log}.')
+    sys.exit(f'ERROR: {args[0]} exited with {code}{last_error(log)}; its '
+             f'output is in {log}.')
   return time.time() - start
+
+
+def last_error(log: str) -> str:
+  """': <the message>' of the last `ERROR:` line in `log`, or ''."""
+  with open(log, errors='replace') as f:
+    lines = [line.strip() for line in f if line.startswith('ERROR: ')]
+  return f': {lines[-1][len("ERROR: "):].rstrip(".")}' if lines else ''
 
 
 def evaluator_columns(results: list[dict]) -> list[str]:
@@ -119,11 +175,18 @@ def cell(result: dict, evaluator: str, labels: str) -> str:
 def main(argv):
   extra = argv[1:]
   out = FLAGS.out or FLAGS.workdir
-  os.makedirs(out, exist_ok=True)
+  points = grid_points(FLAGS.grid)
+  for flag, path in (('--workdir', FLAGS.workdir), ('--out', out)):
+    if os.path.exists(path) and not os.path.isdir(path):
+      raise errors.UserError(f'{flag}={path} is a file; pass a directory.')
+  if FLAGS.run_missing:
+    check(FLAGS.config, FLAGS.grid, points, FLAGS.validation_size,
+          FLAGS.evaluator, extra)
   results, missing = [], []
-  for point in grid_points(FLAGS.grid):
-    workdir = os.path.join(FLAGS.workdir, run_name(FLAGS.config),
-                           point_name(point))
+  for point in points:
+    # Absolute: train.py and eval.py run in the repository's root.
+    workdir = os.path.join(os.path.abspath(FLAGS.workdir),
+                           run_name(FLAGS.config), point_name(point))
     result_path = os.path.join(workdir, 'eval.json')
     # Wall times live beside the run, so a reused point keeps its own.
     times_path = os.path.join(workdir, 'tune_times.json')
@@ -133,12 +196,10 @@ def main(argv):
       continue
     if not os.path.exists(result_path):
       os.makedirs(workdir, exist_ok=True)
-      overrides = [f'--config.{k}={v}' for k, v in point.items()] + [
-          f'--config.data.validation_size={FLAGS.validation_size}']
       log = os.path.join(workdir, 'tune.log')
       times = {'train_seconds': _run(
-          ['train.py', f'--config={FLAGS.config}', f'--workdir={workdir}',
-           *overrides, *extra], log)}
+          ['train.py', f'--workdir={workdir}', *train_args(
+              FLAGS.config, point, FLAGS.validation_size, extra)], log)}
       times['eval_seconds'] = _run(
           ['eval.py', f'--workdir={workdir}', '--nobaselines'], log)
       with open(times_path, 'w') as f:
@@ -157,8 +218,8 @@ def main(argv):
     print(f'{point_name(point)}: {score(results[-1], FLAGS.evaluator):.4f}',
           flush=True)
   if not results:
-    raise app.UsageError('no point of the grid has a result yet; run '
-                         'without --norun_missing.')
+    raise errors.UserError('no point of the grid has a result yet; run '
+                           'without --norun_missing.')
   best = choose(results, FLAGS.evaluator)
   recipe = next(r['recipe_name'] for r in best['net_table']
                 if r['evaluator'] == FLAGS.evaluator)
@@ -193,6 +254,7 @@ def main(argv):
     lines.append(f'| {point_name(point)} | ' + ' | '.join(
         ['not run'] * (2 * len(columns)) + ['—', '—', '']) + ' |')
   name = run_name(FLAGS.config)
+  os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, f'tune_{name}.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   with open(os.path.join(out, f'tune_{name}.json'), 'w') as f:
@@ -204,4 +266,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, passed_on='train.py')

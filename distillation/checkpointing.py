@@ -333,19 +333,38 @@ def check_compatible(meta: dict[str, Any], config: ml_collections.ConfigDict,
   saved, wanted = meta['state_shapes'], state_shapes(target)
   arrays = sorted(k for k in saved.keys() | wanted.keys()
                   if saved.get(k) != wanted.get(k))
-  if arrays:  # Any config field may explain the shapes: list all changes.
+  if arrays:  # Other config fields may explain the shapes: list them too.
     old = flatten_dict(_as_json(meta['config']))
     new = flatten_dict(_as_json(config.to_dict()))
     differences = {k: (old.get(k), new.get(k))
                    for k in sorted(old.keys() | new.keys())
-                   if old.get(k) != new.get(k)} | differences
+                   if old.get(k) != new.get(k) and not _may_change(k)
+                   } | differences
   if not differences and not arrays:
     return
   fields = ', '.join(f'{k}: {old!r} in the checkpoint, {new!r} now'
                      for k, (old, new) in differences.items())
-  shapes = ', '.join(f'{k} {saved.get(k)} vs {wanted.get(k)}' for k in arrays)
+  shapes = ''
+  if len(arrays) == 1:
+    shapes = (f', so their arrays do not fit ({arrays[0]} '
+              f'{saved.get(arrays[0])} vs {wanted.get(arrays[0])})')
+  elif arrays:  # A pool has dozens: the fields say why, a count suffices.
+    shapes = f', so {len(arrays)} of their arrays do not fit'
   raise errors.UserError(
-      f'the checkpoints in this workdir were made for another problem '
-      f'({fields})' + (f', so their arrays do not fit ({shapes})' if arrays
-                       else '') +
-      '; resume with the same config and data, or pass a new --workdir.')
+      'the checkpoints in this workdir were made for another problem' +
+      (f' ({fields})' if fields else '') + f'{shapes}; resume with the same '
+      'config and data, or pass a new --workdir.')
+
+
+# Config fields that a resume may change (docs/operations.md) and that
+# shape no array of the state, so they never explain a refusal.
+_MAY_CHANGE = ('num_steps', 'log_every_steps', 'eval_every_steps',
+               'checkpoint_every_steps', 'max_checkpoints_to_keep',
+               'progress_every_secs', 'steps_per_dispatch', 'data.idx_dir',
+               'data.tfds_data_dir', 'data.verify_digests',
+               'optimizer.learning_rate', 'inner.maxiter', 'inner.tol',
+               'inner.implicit_tol', 'inner.strict')
+
+
+def _may_change(field: str) -> bool:
+  return field in _MAY_CHANGE or field.startswith('eval.')

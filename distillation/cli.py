@@ -2,41 +2,140 @@
 
 absl and ml_collections report a misspelt `--config.field`, a missing or
 broken config file, or a bad flag value with a traceback that buries the
-cause. Entry points pass `parse_flags` to `app.run` instead.
+cause. Entry points pass `parse_flags` to `app.run` instead; the scripts of
+benchmarks/ call `run`, and check the train.py or eval.py command lines
+they will start with `load_config` and `check_train_config`.
 """
 
+from collections.abc import Callable
+import contextlib
 import difflib
+import functools
 import os
 import re
 import sys
 
+from absl import app
 from absl import flags
 import ml_collections
 # The module itself: the package does not export is_config_flag.
 from ml_collections.config_flags import config_flags
 
+from distillation import errors
+
 
 def parse_flags(argv: list[str],
-                flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+                flag_values: flags.FlagValues = flags.FLAGS, *,
+                passed_on: str | None = None) -> list[str]:
   """Parses `argv` into `flag_values`, as `app.run`'s `flags_parser`.
 
   Returns the program's name, the only positional argument the entry points
-  take; on any mistake, prints one line naming the flag and exits with
+  take, and, where `passed_on` names the program they go to, the arguments
+  after `--`; on any mistake, prints one line naming the flag and exits with
   status 1.
   """
   try:
     rest = flag_values(argv)
   except Exception as e:  # pylint: disable=broad-except
     sys.exit(f'ERROR: {_config_error(argv, flag_values) or _one_line(e)}')
-  if len(rest) > 1:
-    sys.exit(f'ERROR: unexpected argument {" ".join(rest[1:])!r}; every '
-             'setting is a flag, --name=value (--helpfull lists them).')
+  after = argv[argv.index('--') + 1:] if '--' in argv else []
+  # absl also returns words before `--`; those are typos, not flags for
+  # the program the script starts.
+  stray = rest[1:len(rest) - len(after)] if passed_on else rest[1:]
+  if stray:
+    sys.exit(f'ERROR: unexpected argument {" ".join(stray)!r}; every '
+             'setting is a flag, --name=value (--helpfull lists them)' +
+             (f', and flags for {passed_on} go after --.' if passed_on
+              else '.'))
   for name in _config_flags(flag_values):
     # A config file that cannot be read only fails when first used.
     if not isinstance(flag_values[name].value, (ml_collections.ConfigDict,
                                                 type(None))):
       sys.exit(f'ERROR: {_config_error(argv, flag_values)}')
   return rest
+
+
+def run(main: Callable[[list[str]], None], *,
+        passed_on: str | None = None) -> None:
+  """`app.run(main)` for a script of benchmarks/: its flags parsed as by
+  `parse_flags`, and a UserError or absl UsageError from `main` printed as
+  one `ERROR:` line (absl prints the whole usage text above a UsageError)."""
+
+  def checked_main(argv: list[str]) -> None:
+    try:
+      main(argv)
+    except (errors.UserError, app.UsageError) as e:
+      sys.exit(f'ERROR: {e}')
+
+  app.run(checked_main, flags_parser=functools.partial(
+      parse_flags, passed_on=passed_on))
+
+
+def load_config(args: list[str], cwd: str | None = None
+                ) -> ml_collections.ConfigDict | None:
+  """The config that the `--config` flags among `args` (a command line for
+  train.py or eval.py, without the program) give, as read from `cwd`; None
+  if they have none. Other flags are left to the program.
+
+  Raises:
+    errors.UserError: the program's own one-line error, e.g. for a field
+      that does not exist or a file that cannot be loaded.
+  """
+  argv = ['', *_config_args(args)]
+  if len(argv) == 1:
+    return None
+  if _value(argv, 'config') is None:
+    raise errors.UserError(f'{argv[1].split("=")[0]} needs a config file '
+                           'too; add --config=FILE.')
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'The config.',
+                                  flag_values=flag_values, sys_argv=argv,
+                                  lock_config=True)
+  with contextlib.chdir(cwd or os.getcwd()):
+    try:
+      flag_values(argv)
+      config = flag_values['config'].value
+    except Exception as e:  # pylint: disable=broad-except
+      raise errors.UserError(_config_error(argv, flag_values) or
+                             _one_line(e)) from None
+    if not isinstance(config, ml_collections.ConfigDict):
+      raise errors.UserError(_config_error(argv, flag_values) or
+                             '--config cannot be loaded.')
+  return config
+
+
+def _config_args(args: list[str]) -> list[str]:
+  """The `--config` flags of `args` (`--config VALUE` as one)."""
+  kept = []
+  for i, arg in enumerate(args):
+    if re.match(r'--?(?:no)?config(?:[.=]|$)', arg):
+      kept.append(arg)
+      if re.fullmatch(r'--?config', arg) and i + 1 < len(args):
+        kept.append(args[i + 1])
+  return kept
+
+
+def check_train_config(config: ml_collections.ConfigDict,
+                       cwd: str | None = None) -> None:
+  """Raises the UserError that train.py would raise for `config`'s values
+  before it reads any data (an unknown dataset, a rate that is not
+  positive, an idx_dir that is no directory (relative to `cwd`), ...).
+
+  Imports JAX, which takes seconds: so not at the top, where the flags are
+  checked in a fraction of one.
+  """
+  # pylint: disable=g-import-not-at-top
+  from distillation import eval_lib
+  from distillation import input_pipeline
+  from distillation import outer
+  # pylint: enable=g-import-not-at-top
+  outer.Distiller(config)
+  eval_lib.check_config(config)
+  input_pipeline.dataset_info(config.data)
+  idx_dir = config.data.get('idx_dir')
+  if idx_dir and not os.path.isdir(os.path.join(cwd or '', idx_dir)):
+    raise errors.UserError(f'config.data.idx_dir={idx_dir!r} is not a '
+                           'directory; point it at the idx files.')
 
 
 def _config_flags(flag_values: flags.FlagValues) -> list[str]:

@@ -12,9 +12,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from configs import conv
 from distillation import checkpointing
 from distillation import errors
 from distillation import input_pipeline
+from distillation import outer
 
 
 class State(NamedTuple):
@@ -250,6 +252,64 @@ class CheckCompatibleTest(absltest.TestCase):
       checkpointing.check_compatible(
           self.meta, config, State(np.int32(0), np.zeros(10)),
           checkpointing.describe_problem(config, self.info, self.data))
+
+
+
+def _conv_problem(arg, **model):
+  """(config, abstract state, problem) of configs/conv.py:<arg> on random
+  digits-shaped data, with model.* fields changed; no program runs."""
+  config = conv.get_config(arg)
+  config.model.update(model)
+  config.distill.image_init = 'noise'  # The state's shapes alone.
+  rng = np.random.default_rng(0)
+  train = input_pipeline.Split(rng.uniform(size=(20, 64)).astype(np.float32),
+                               np.arange(20, dtype=np.int32) % 10)
+  distiller = outer.Distiller(config)
+  state = jax.eval_shape(
+      lambda: distiller.init_state(jax.random.PRNGKey(0), train))
+  return config, state, checkpointing.describe_problem(
+      config, input_pipeline.DATASETS['digits'], [train])
+
+
+class ChangedModelRefusalTest(parameterized.TestCase):
+  """A changed pool or feature model changes dozens of arrays; the one
+  line names the changed fields and counts the arrays."""
+
+  @parameterized.named_parameters(
+      ('pool_size', 'pool=1', 'pool=1', dict(pool_size=5),
+       ['model.pool_size: 10 in the checkpoint, 5 now']),
+      ('features_of_a_pool', 'pool=1', 'pool=1', dict(features='mlp'),
+       ["model.features: 'conv' in the checkpoint, 'mlp' now"]),
+      ('pool_on_to_off', 'pool=1', 'pool=0', {},
+       ['model.pool_size: 10 in the checkpoint, 0 now']),
+      ('pool_off_to_on', 'pool=0', 'pool=1', {},
+       ['model.pool_size: 0 in the checkpoint, 10 now']),
+      ('pool_on_and_other_features', 'pool=1', 'pool=0', dict(features='mlp'),
+       ["model.features: 'conv' in the checkpoint, 'mlp' now",
+        'model.pool_size: 10 in the checkpoint, 0 now']),
+  )
+  def test_one_short_line(self, saved_pool, pool, model, fields):
+    saved_config, saved_state, saved_problem = _conv_problem(
+        f'digits,ipc=1,size=cpu,{saved_pool}')
+    meta = checkpointing._as_json(checkpointing.make_meta(
+        saved_config, saved_state, saved_problem))
+    config, state, problem = _conv_problem(f'digits,ipc=1,size=cpu,{pool}',
+                                           **model)
+    # Fields that may change on resume are no reason, and not listed.
+    config.num_steps += 100
+    config.eval.random_draws += 1
+    with self.assertRaises(errors.UserError) as refusal:
+      checkpointing.check_compatible(meta, config, state, problem)
+    line = f'ERROR: {refusal.exception}'
+    self.assertLess(len(line), 300, line)
+    self.assertLen(line.splitlines(), 1)
+    for field in fields:
+      self.assertIn(field, line)
+    self.assertNotIn('num_steps', line)
+    self.assertNotIn('eval.', line)
+    self.assertRegex(line, r'\), so \d+ of their arrays do not fit; resume '
+                     'with the same config and data, or pass a new '
+                     '--workdir.$')
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ from absl.testing import parameterized
 from ml_collections import config_flags
 
 from distillation import cli
+from distillation import errors
 from tests import end_to_end_test
 
 TEST_CONFIG = os.path.join(end_to_end_test.ROOT, 'configs', 'test.py')
@@ -86,6 +87,51 @@ class ParseFlagsTest(parameterized.TestCase):
                    '--config.inner.l2rge=1')
     self.assertEqual(error, 'ERROR: --config.inner.l2rge is not a config '
                      'field; did you mean --config.inner.l2reg?')
+
+
+class BenchmarkScriptsTest(absltest.TestCase):
+  """The helpers of the scripts of benchmarks/ (tests/benchmarks_cli_test
+  runs the scripts)."""
+
+  def _parse(self, *args):
+    flag_values = flags.FlagValues()
+    flags.DEFINE_string('workdir', None, 'Workdir.', flag_values=flag_values)
+    try:
+      return cli.parse_flags(['tune.py', *args], flag_values,
+                             passed_on='train.py')
+    except SystemExit as e:
+      return str(e.code)
+
+  def test_arguments_after_the_separator_are_passed_on(self):
+    self.assertEqual(self._parse('--workdir=w', '--', '--config.a=1', 'b'),
+                     ['tune.py', '--config.a=1', 'b'])
+    self.assertEqual(self._parse('--workdir=w'), ['tune.py'])
+    self.assertEqual(
+        self._parse('--workdir=w', 'stray', '--', '--config.a=1'),
+        "ERROR: unexpected argument 'stray'; every setting is a flag, "
+        '--name=value (--helpfull lists them), and flags for train.py go '
+        'after --.')
+
+  def test_load_config_reads_the_config_flags_only(self):
+    config = cli.load_config([f'--config={TEST_CONFIG}', '--workdir=w',
+                              '--config.num_steps=7', '--multihost'])
+    self.assertEqual(config.num_steps, 7)
+    self.assertIsNone(cli.load_config(['--workdir=w']))
+    conv = 'configs/conv.py:digits,ipc=1,size=cpu'
+    config = cli.load_config([f'--config={conv}'], end_to_end_test.ROOT)
+    self.assertEqual(config.model.features, 'conv')
+    for args, message in (
+        (['--config.num_steps=7'],
+         '--config.num_steps needs a config file too; add --config=FILE.'),
+        ([f'--config={TEST_CONFIG}', '--config.num_stepz=7'],
+         '--config.num_stepz is not a config field; did you mean '
+         '--config.num_steps?'),
+        ([f'--config={TEST_CONFIG}', '--config.num_steps=x'],
+         "flag --config.num_steps=x: invalid literal for int() with base 10: "
+         "'x'")):
+      with self.assertRaises(errors.UserError) as refusal:
+        cli.load_config(args)
+      self.assertEqual(str(refusal.exception), message)
 
 
 if __name__ == '__main__':
