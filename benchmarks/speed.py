@@ -60,7 +60,6 @@ flags.DEFINE_string('trace_of', None,
 flags.DEFINE_bool('steps_only', False, 'Only part 2 (for the subprocess).')
 flags.DEFINE_list('solvers', ['newton', 'lbfgs'],
                   'Inner solvers of the steady-state table.')
-flags.mark_flags_as_required(['idx_dir'])
 
 
 def _block(tree):
@@ -207,21 +206,44 @@ def summary(run, traces, target):
           'first_step_s': median([trace[0][0][0] for trace in traces])}
 
 
-def steady_step_ms(config, train, repeats):
-  """Median ms per outer step, `steps_per_dispatch` steps per call."""
+def memory_in_use():
+  """The first local device's bytes in use and peak bytes so far (of this
+  process); None where the backend does not count them (CPU)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return {key: stats.get(key) for key in ('bytes_in_use',
+                                          'peak_bytes_in_use')}
+
+
+def step_timings(config, train, repeats):
+  """The first call of the outer step (tracing, compilation and one call)
+  in seconds, the median ms per outer step after warm-up
+  (`steps_per_dispatch` steps per call), and the device memory in use with
+  the state and the data resident."""
   distiller = outer.Distiller(config)
   state = parallel.replicate(distiller.init_state(jax.random.PRNGKey(0), train))
   shard = parallel.put_sharded(train)
   n = config.steps_per_dispatch
   step = distiller.pmapped_train_steps(n)
-  for _ in range(3):
+  start = time.perf_counter()
+  state, _ = _block(step(state, shard))
+  first_call_s = time.perf_counter() - start
+  for _ in range(2):
     state, _ = _block(step(state, shard))
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     state, _ = _block(step(state, shard))
     times.append((time.perf_counter() - start) / n)
-  return 1e3 * float(np.median(times))
+  ms = 1e3 * float(np.median(times))
+  return {'first_call_s': first_call_s, 'ms_per_step': ms,
+          # The first call less one warm call: tracing and compilation.
+          'compile_s': max(0.0, first_call_s - n * ms / 1e3),
+          **memory_in_use()}
+
+
+def steady_step_ms(config, train, repeats):
+  """Median ms per outer step, `steps_per_dispatch` steps per call."""
+  return step_timings(config, train, repeats)['ms_per_step']
 
 
 def forward_backward_ms(train, repeats):
@@ -300,17 +322,7 @@ def main(argv):
   if FLAGS.steps_only:
     print('RESULT=' + json.dumps(step_table(train, FLAGS.quick)))
     return
-  device = jax.devices()[0]
-  result = {'machine': f'{platform.processor() or platform.machine()}, '
-                       f'{os.cpu_count()} CPUs',
-            'device': f'{device.platform}: {device.device_kind}',
-            'jax': jax.__version__,
-            'commit': _commit(),
-            # JAX's persistent cache (JAX_COMPILATION_CACHE_DIR) would load
-            # compiled programs instead of compiling them.
-            'compilation_cache': jax.config.jax_compilation_cache_dir,
-            # Compiler flags change compilation times (and can change speed).
-            'xla_flags': os.environ.get('XLA_FLAGS', '')}
+  result = stamp()
 
   # 1. Time to the seed's final accuracy. The runs take turns, so that a
   # change in the machine's load falls on all of them alike.
@@ -348,6 +360,21 @@ def main(argv):
   with open(os.path.join(FLAGS.out, 'speed.md'), 'w') as f:
     f.write(markdown)
   print(markdown)
+
+
+def stamp():
+  """What a table's numbers depend on besides the code's inputs."""
+  device = jax.devices()[0]
+  return {'machine': f'{platform.processor() or platform.machine()}, '
+                     f'{os.cpu_count()} CPUs',
+          'device': f'{device.platform}: {device.device_kind}',
+          'jax': jax.__version__,
+          'commit': _commit(),
+          # JAX's persistent cache (JAX_COMPILATION_CACHE_DIR) would load
+          # compiled programs instead of compiling them.
+          'compilation_cache': jax.config.jax_compilation_cache_dir,
+          # Compiler flags change compilation times (and can change speed).
+          'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
 
 def _commit() -> str:
@@ -399,4 +426,7 @@ def to_markdown(result):
 
 
 if __name__ == '__main__':
+  # Here, not at import: benchmarks/device.py imports this file's helpers
+  # (and flags) and has a --quick mode without data files.
+  flags.mark_flags_as_required(['idx_dir'])
   cli.run(main)

@@ -164,6 +164,11 @@ def get_config() -> ml_collections.ConfigDict:
                       ('weight_decay', float), ('seeds', int),
                       ('augment', str)):
     config.eval[f'net_{field}'] = config_dict.placeholder(kind)
+  # How each device trains its networks (distillation/net_train.py):
+  # vmapped (a loop over many steps per call) | unrolled (one step per call,
+  # as straight-line code); unset: unrolled on CPU, vmapped on accelerators.
+  # Either gives the same networks, up to float32 rounding.
+  config.eval.net_path = config_dict.placeholder(str)
   # The sets the networks train on, by method (distilled, random_real,
   # class_means, full_data; the baselines with --baselines only) or
   # method/labels (distilled/hard): a subset reruns a costly row alone.

@@ -198,6 +198,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   eval.py after training."""
   evaluators(config)
   net_eval.recipes(config)
+  net_eval.trainer_path(config)
   net_eval.net_sets(config)
   if config.eval.random_draws < 1:
     raise errors.UserError(

@@ -15,8 +15,10 @@ import jax.numpy as jnp
 import jax.scipy.linalg
 
 
-def _unstacked(fn: Callable[..., Any]) -> Callable[..., Any]:
-  """Maps `fn` over the leading axis with one call per slice.
+def _unstacked(fn: Callable[..., Any],
+               batched: bool | None) -> Callable[..., Any]:
+  """Maps `fn` over the leading axis: in one batched call, or (batched
+  False) with one call per slice; None: per slice on CPU only.
 
   jaxlib's batched LAPACK kernels on CPU split a batch over the thread pool
   they already run in and wait for it; two at once can deadlock a small
@@ -28,16 +30,19 @@ def _unstacked(fn: Callable[..., Any]) -> Callable[..., Any]:
     outs = [fn(*[a[i] for a in args]) for i in range(len(args[0]))]
     return jax.tree.map(lambda *x: jnp.stack(x), *outs)
 
-  return lambda *args: jax.lax.platform_dependent(*args, cpu=per_slice,
-                                                  default=fn)
+  if batched is None:
+    return lambda *args: jax.lax.platform_dependent(*args, cpu=per_slice,
+                                                    default=fn)
+  return fn if batched else per_slice
 
 
-_block_lu_factor = _unstacked(jax.scipy.linalg.lu_factor)
+def _block_lu_factor(m, batched):
+  return _unstacked(jax.scipy.linalg.lu_factor, batched)(m)
 
 
-def _block_lu_solve(lu, piv, b, trans=0):
+def _block_lu_solve(lu, piv, b, trans=0, *, batched):
   return _unstacked(lambda lu, piv, b: jax.scipy.linalg.lu_solve(
-      (lu, piv), b, trans=trans))(lu, piv, b)
+      (lu, piv), b, trans=trans), batched)(lu, piv, b)
 
 
 # Up to this many unknowns (k * K), the Newton system is solved densely;
@@ -48,15 +53,21 @@ def _block_lu_solve(lu, piv, b, trans=0):
 DENSE_NEWTON_MAX = {'cpu': 256, 'accelerator': 10_000}
 
 
+def dense_newton_max(backend: str | None = None) -> int:
+  """DENSE_NEWTON_MAX for `backend` (default: JAX's)."""
+  return DENSE_NEWTON_MAX[
+      'cpu' if (backend or jax.default_backend()) == 'cpu' else 'accelerator']
+
+
 def jacobian_solver(coef: jax.Array, l2reg: jax.Array, gram: jax.Array,
                     targets: jax.Array, transpose: bool = False,
-                    dense_max: int | None = None
+                    dense_max: int | None = None,
+                    batched: bool | None = None
                     ) -> Callable[[jax.Array], jax.Array]:
   """Returns X -> (dR/dA)^-1 X, or (dR/dA)^-T X, for k x K matrices X.
 
-  Up to `dense_max` unknowns (default: DENSE_NEWTON_MAX for the platform)
-  densely, by a Cholesky factorization of a (kK x kK) matrix (below);
-  beyond, by blocks:
+  Up to `dense_max` unknowns (default: `dense_newton_max()`) densely, by a
+  Cholesky factorization of a (kK x kK) matrix (below); beyond, by blocks:
 
   dR/dA = l2reg k I + S (G (x) I), with G = X X^T and S block-diagonal over
   examples: S_i = s_i (diag(p_i) - p_i p_i^T), the softmax Jacobian. With t
@@ -73,14 +84,15 @@ def jacobian_solver(coef: jax.Array, l2reg: jax.Array, gram: jax.Array,
   against the low-rank part when predictions are confident (small l2reg);
   one step of iterative refinement with the exact product does the rest.
   The dense form needs neither (tests/linalg_test.py checks both in float32).
+  `batched`: the K blocks in batched LAPACK calls (True) or one call each
+  (False); None: one call each on CPU only (see `_unstacked`).
   """
   k, num_classes = coef.shape
   probs = jax.nn.softmax(gram @ coef)
   mass = jnp.sum(targets, -1, keepdims=True)
   lam = l2reg * k
   if dense_max is None:
-    dense_max = DENSE_NEWTON_MAX[
-        'cpu' if jax.default_backend() == 'cpu' else 'accelerator']
+    dense_max = dense_newton_max()
   if k * num_classes <= dense_max:
     # S = C C^T with C block-diagonal over examples,
     # C_i = sqrt(s_i) (diag(sqrt(p_i)) - p_i sqrt(p_i)^T). By the
@@ -115,13 +127,14 @@ def jacobian_solver(coef: jax.Array, l2reg: jax.Array, gram: jax.Array,
   m = lam * jnp.eye(k, dtype=coef.dtype) + diag.T[:, :, None] * gram
   a, b = (mass * rest).T, (mass * p_top * top).T
   p, r = probs.T, rest.T
-  m_lu = _block_lu_factor(m)
+  m_lu = _block_lu_factor(m, batched)
   # The system is B - P Q^T: B = M, P = U, Q = W, or transposed B = M^T,
   # P = W, Q = U. The capacitance I - Q^T B^-1 P has blocks
   # diag(x_c) H_c diag(y_c) summed over c, with H_c = G M_c^-1 or its
   # transpose M_c^-T G: one block solve with k right-hand sides, not 2k
   # plus a (2k x kK x 2k) product.
-  h = _block_lu_solve(*m_lu, jnp.broadcast_to(gram, m.shape), trans=1)
+  h = _block_lu_solve(*m_lu, jnp.broadcast_to(gram, m.shape), trans=1,
+                       batched=batched)
   if transpose:
     left, right = (a, b), (p, r)
   else:
@@ -132,14 +145,15 @@ def jacobian_solver(coef: jax.Array, l2reg: jax.Array, gram: jax.Array,
            for x in left]))
 
   def woodbury(rhs):  # (B - P Q^T)^-1 rhs = B^-1 (rhs + P t).
-    y = _block_lu_solve(*m_lu, rhs.T[:, :, None], trans=int(transpose))
+    y = _block_lu_solve(*m_lu, rhs.T[:, :, None], trans=int(transpose),
+                        batched=batched)
     qy = y[..., 0] if transpose else y[..., 0] @ gram
     t = jax.scipy.linalg.lu_solve(
         capacitance_lu, jnp.concatenate([jnp.sum(x * qy, 0) for x in left]))
     pt = right[0] * t[:k] + right[1] * t[k:]
     pt = pt @ gram if transpose else pt
     return _block_lu_solve(*m_lu, (rhs.T + pt)[:, :, None],
-                           trans=int(transpose))[..., 0].T
+                           trans=int(transpose), batched=batched)[..., 0].T
 
   def softmax_jacobian(v):  # S v.
     return mass * (probs * v - probs * jnp.sum(probs * v, -1, keepdims=True))

@@ -67,6 +67,21 @@ def net_sets(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(s for s in SETS if s in entries or s.split('/')[0] in entries)
 
 
+def trainer_path(config: ml_collections.ConfigDict) -> str:
+  """config.eval.net_path, checked; unset (or a config older than it): the
+  backend's (`net_train.default_path`). Not part of the recipe: it changes
+  no result beyond float32 rounding, so cached rows stay valid."""
+  path = config.eval.get('net_path')
+  if path is None:
+    return net_train.default_path()
+  if path not in net_train.PATHS:
+    raise errors.UserError(
+        f'config.eval.net_path={path!r} is unknown; use one of '
+        f'{", ".join(net_train.PATHS)} (or leave it unset for the '
+        "backend's).")
+  return path
+
+
 def recipes(config: ml_collections.ConfigDict
                 ) -> dict[str, net_train.Recipe]:
   """The recipe of each network evaluator (EVALUATORS):
@@ -153,7 +168,7 @@ def evaluate(distiller: outer.Distiller, recipe: net_train.Recipe,
   configs go by the latter (benchmarks/tune.py)."""
   info, seeds = distiller.info, recipe.seeds
   trainer = net_train.NetTrainer(recipe, info.image_shape, info.num_classes,
-                                 mean, std)
+                                 mean, std, path=trainer_path(distiller.config))
   _, images, soft = (np.asarray(x) for x in distiller.hyperparams(params))
   hard = np.eye(info.num_classes, dtype=np.float32)[soft.argmax(-1)]
   learned = 'label_logits' in params

@@ -9,10 +9,13 @@ normalization, DSA augmentation of each minibatch, and cross-entropy on the
 given (soft or one-hot) targets.
 
 All `seeds` networks of a set train together in one compiled program, the
-networks spread over the local devices (`parallel.pmap`): on accelerators
-vmapped, with a loop over many steps per call; on CPU as straight-line code,
-one step per call (see `_train_nets`). Each network's result depends only on
-its seed and data, not on how many devices there are.
+networks spread over the local devices (`parallel.pmap`), by one of two
+paths (PATHS; `default_path` picks by backend): `vmapped`, the accelerators'
+default, vmaps them and loops over many steps per call; `unrolled`, CPU's,
+runs one step per call as straight-line code (see `_train_nets`). Either
+path runs on any backend, so the tests run both on CPU. Each network's
+result depends only on its seed and data, not on the path or on how many
+devices there are (up to float32 rounding).
 """
 
 from collections.abc import Callable, Sequence
@@ -31,6 +34,9 @@ from distillation import networks
 from distillation import parallel
 
 MODELS = ('convnet', 'mlp')
+# How the networks of a device train: vmapped, with a loop over the steps of
+# a call, or unrolled, one step per call.
+PATHS = ('vmapped', 'unrolled')
 _TEST_BATCH = 500  # Test images per call.
 
 
@@ -63,16 +69,26 @@ def make_model(recipe: Recipe, num_classes: int) -> nn.Module:
   return networks.MLP(num_classes, recipe.width, recipe.depth)
 
 
+def default_path(backend: str | None = None) -> str:
+  """The path for `backend` (default: JAX's): unrolled on CPU, whose XLA
+  backend runs a network's step many times slower in a loop or vmapped
+  (`_train_nets`); vmapped elsewhere, where one call of many steps saves a
+  dispatch per step."""
+  return 'unrolled' if (backend or jax.default_backend()) == 'cpu' else (
+      'vmapped')
+
+
 class NetTrainer:
   """Trains and tests `recipe.seeds` networks on sets of one size.
 
   Compiled programs are cached on the trainer: sets of the same size (the
-  distilled set and its baselines) reuse them.
+  distilled set and its baselines) reuse them. `path`: one of PATHS
+  (default: `default_path()`).
   """
 
   def __init__(self, recipe: Recipe, image_shape: tuple[int, int, int],
                num_classes: int, mean: np.ndarray, std: np.ndarray,
-               num_devices: int | None = None):
+               num_devices: int | None = None, path: str | None = None):
     self.recipe = recipe
     self.image_shape = tuple(image_shape)
     self.num_classes = num_classes
@@ -81,7 +97,11 @@ class NetTrainer:
     self._model = make_model(recipe, num_classes)
     self._devices = min(num_devices or jax.local_device_count(),
                         recipe.seeds)
-    self._unrolled = jax.default_backend() == 'cpu'
+    self.path = path or default_path()
+    if self.path not in PATHS:
+      raise ValueError(f'path={self.path!r} is unknown; use one of '
+                       f'{", ".join(PATHS)}.')
+    self._unrolled = self.path == 'unrolled'
     self._init = jax.jit(jax.vmap(self._init_net))
     self._train = parallel.pmap(self._train_nets)
     self._test = parallel.pmap(self._test_nets)
@@ -107,9 +127,9 @@ class NetTrainer:
       targets: (sets, n, num_classes), soft or one-hot.
       draws: which set each seed trains on.
       epochs: overrides recipe.epochs (the full-data row uses fewer).
-      steps_per_call: steps per device call on accelerators (default: about
-        1/20 of all; on CPU, one); `progress(done, total)` is called after
-        each call.
+      steps_per_call: steps per device call of the vmapped path (default:
+        about 1/20 of all; unrolled, always one); `progress(done, total)` is
+        called after each call.
     """
     seeds = self.recipe.seeds
     draws = np.zeros(seeds, np.int32) if draws is None else np.asarray(
@@ -186,9 +206,9 @@ class NetTrainer:
   def _train_nets(self, data: dict[str, Any], nets: dict[str, Any]):
     """Steps [start, stop) of this device's networks; returns all devices'.
 
-    On CPU, one step, and the networks unrolled: XLA's CPU backend runs a
-    network's step many times slower inside a loop (while, scan) or vmapped
-    (grouped convolutions) than as straight-line code.
+    Unrolled (CPU's default), one step, and the networks as straight-line
+    code: XLA's CPU backend runs a network's step many times slower inside a
+    loop (while, scan) or vmapped (grouped convolutions) than that.
     """
     if self._unrolled:
       nets = self._unroll(

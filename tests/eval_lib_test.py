@@ -154,6 +154,8 @@ class EvalLibTest(parameterized.TestCase):
     eval_config.net_seeds = 1
     # As the command line gives it: one string.
     eval_config.net_sets = ('random_real/hard,class_means',)
+    # The accelerators' path, here on CPU.
+    eval_config.net_path = 'vmapped'
     result = eval_lib.evaluate(
         self.workdir, eval_config=eval_config,
         out=os.path.join(self.create_tempdir().full_path, 'sets.json'))
@@ -181,6 +183,7 @@ class EvalLibTest(parameterized.TestCase):
       ('net_seeds', 0, r'config.eval.net_seeds=0 must be at least 1'),
       ('net_augment', 'crop_blur', r'config.eval.net_augment='),
       ('net_preset', 'gpu', r"config.eval.net_preset='gpu' is unknown"),
+      ('net_path', 'looped', r"config.eval.net_path='looped' is unknown"),
       ('net_sets', ('random_real/soft', 'kmeans'),
        r"config.eval.net_sets=.*\['kmeans'\] is not one"))
   def test_bad_network_settings_name_the_field(self, field, value, message):
