@@ -113,11 +113,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.activation = 'softplus'
     config.model.body_l2reg = 1e-3
     config.model.nets_per_step = 1
+    # Width 32 on CPU, the evaluator's: a step costs tens of head steps.
+    config.model.width = 32 if cpu else 128
     config.inner.loss = 'squared'
     config.inner.tol = 1e-3
     config.inner.maxiter = 30
     config.inner.implicit_tol = 1e-4
     config.inner.implicit_maxiter = 30
+    config.inner.cg_unroll = True
   config.log_every_steps = 10
   config.eval_every_steps = 50 if cpu else 250
   config.checkpoint_every_steps = 50 if cpu else 250
@@ -126,6 +129,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (docs/evaluation.md), of the digits' depth there too, with the recipe's
   # augmentation and without it (DD-Ranking's augmentation-robust view).
   config.eval.nets = ('linear', 'convnet', 'convnet_noaug')
+  if args['inner'] == 'linearized':
+    # No linear head to refit: the inner model is the whole network.
+    config.eval.nets = ('convnet', 'convnet_noaug')
   config.eval.net_preset = 'cpu' if cpu else 'paper'
   if dataset == 'digits':
     config.eval.net_depth = 2

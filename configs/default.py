@@ -110,6 +110,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.inner.implicit_solve = 'normal_cg'
   config.inner.implicit_tol = 1e-5  # CG's relative residual tolerance.
   config.inner.implicit_maxiter = 100  # Its steps (the linearized model).
+  # The linearized model's CG loops as straight-line code, maxiter steps
+  # each (XLA's CPU backend runs convolutions far slower inside a loop;
+  # compilation takes longer), instead of while loops.
+  config.inner.cg_unroll = False
   # A step whose inner solve ends above tol (maxiter reached, or no progress
   # in float32) is counted (inner_unconverged) and warned about once; with
   # strict, it stops the run instead.

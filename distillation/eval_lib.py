@@ -119,8 +119,13 @@ def evaluate(workdir: str, export: str | None = None, which: str = 'best',
   if jax.process_index() == 0:
     digests.save()
   l2reg, images, targets = distiller.hyperparams(state.params)
-  table = linear_eval.evaluate(distiller, state.params, train, validation,
-                               test, baselines=baselines and 'linear' in nets)
+  if 'linear' in nets and not distiller.inner_model.linear_head:
+    distiller.linear_context()  # Its one-line error names the field.
+  # The distilled set's linear row, with baselines if asked for; none
+  # without a linear head to refit.
+  table = (linear_eval.evaluate(distiller, state.params, train, validation,
+                                test, baselines=baselines and 'linear' in nets)
+           if distiller.inner_model.linear_head else [])
   # The networks' normalization: per-channel statistics of the training
   # split as the distiller saw it (after config.data's preprocessing).
   mean, std = input_pipeline.channel_stats(train.images,
@@ -133,12 +138,16 @@ def evaluate(workdir: str, export: str | None = None, which: str = 'best',
                                      mean, std, workdir=workdir,
                                      baselines=baselines)
   result = {'step': int(state.step), 'checkpoint': which,
-            'test_accuracy': table[0]['test_accuracy'],
-            'test_loss': table[0]['test_loss'], 'table': table,
+            # The linear row's; None without a linear head (the networks'
+            # rows are in net_table).
+            'test_accuracy': table[0]['test_accuracy'] if table else None,
+            'test_loss': table[0]['test_loss'] if table else None,
+            'table': table,
             'net_table': net_table,
             'net_differences': net_eval.differences(net_table)}
-  logging.info('Evaluation of %s at step %d (%s checkpoint):\n%s', workdir,
-               result['step'], which, linear_eval.format_table(table))
+  if table:
+    logging.info('Evaluation of %s at step %d (%s checkpoint):\n%s', workdir,
+                 result['step'], which, linear_eval.format_table(table))
   if net_table:
     logging.info('Networks trained from scratch on each set:\n%s',
                  net_eval.format_table(net_table, result['net_differences']))
@@ -198,7 +207,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   eval.py after training."""
   evaluators(config)
   net_eval.recipes(config)
-  net_eval.trainer_path(config)
+  if config.eval.get('net_path') is not None:
+    # Checked only when set: the default asks the backend, which starts it.
+    net_eval.trainer_path(config)
   net_eval.net_sets(config)
   if config.eval.random_draws < 1:
     raise errors.UserError(

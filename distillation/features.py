@@ -6,6 +6,8 @@
   [3x3 conv of `width` channels, instance norm or none, ReLU, 2x2 average
   pool]), flattened;
 * mlp: `depth` hidden ReLU layers of `width`.
+`config.model.activation` may replace ReLU by softplus (the linearized
+inner model's choice, `inner_models/linearized.py`).
 
 The networks are random (RFAD): each outer step draws
 `config.model.nets_per_step` of them with Flax's default initialization, and

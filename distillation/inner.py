@@ -17,8 +17,9 @@ them would silently drop their gradients.
 Solvers (`config.inner.solver`) of the logistic loss:
 * gradient_descent, lbfgs: jaxopt's, for any model, with `implicit_diff=True`;
   `config.inner.implicit_solve` picks the linear solver of their implicit
-  system. This is the only module that imports jaxopt (archived upstream), so
-  swapping them for `jax.lax.custom_root` or optimistix is a local change.
+  system. With inner_models/linearized.py (its `custom_root`), the only
+  module that imports jaxopt (archived upstream), so swapping them for
+  `jax.lax.custom_root` or optimistix is a local change.
 * newton: exact Newton on the representer coefficients of the linear model
   (`newton.py`); it solves its implicit system with its own factorization,
   which `config.inner.implicit_solve='direct'` states.

@@ -113,12 +113,13 @@ class Distiller:
       raise errors.UserError(
           f'config.distill.label_temperature='
           f'{config.distill.label_temperature} must be positive.')
+    # Before the inner model: its shapes start JAX's backend, which logs.
+    self.optimizer = make_optimizer(config.optimizer, config.num_steps)
     self.inner_model = inner_models.make(config, self.info)
     # Training steps only: validation and eval.py fit on the images as is.
     self.transforms = augment.parse_strategy(
         config.distill.get('augment', 'none'), self.info.image_shape[-1],
         'config.distill.augment')
-    self.optimizer = make_optimizer(config.optimizer, config.num_steps)
     # Class-major labels: examples [c * ipc, (c + 1) * ipc) belong to class c.
     self.labels = np.repeat(np.arange(self.info.num_classes), ipc)
 

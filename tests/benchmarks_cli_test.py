@@ -134,6 +134,24 @@ class BenchmarksCliTest(parameterized.TestCase):
         'ERROR: --config=configs/nope.py: no such file; pass a config file '
         'such as configs/default.py.')
 
+  def test_linearized_step_refuses_a_head_config(self):
+    self.assertEqual(
+        self._refusal('linearized_step', f'--config={CONFIG}'),
+        f'ERROR: --config={CONFIG} does not linearize its network; pass one '
+        'with inner=linearized (config.model.linearize=True).')
+
+  def test_device_refuses_a_missing_idx_dir(self):
+    self.assertEqual(
+        self._refusal('device', '--idx_dir=DOES_NOT_EXIST', '--out=O'),
+        'ERROR: --idx_dir=DOES_NOT_EXIST is not a directory; point it at the '
+        'Fashion-MNIST idx files.')
+
+  def test_equal_time_refuses_a_missing_curve(self):
+    self.assertEqual(
+        self._refusal('equal_time', '--curve=C.json', '--run=a=W', '--out=O'),
+        'ERROR: --curve=C.json: no such file; pass the JSON that '
+        'benchmarks/curve.py wrote.')
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -16,6 +16,7 @@ from distillation import errors
 from distillation import input_pipeline
 from distillation import outer
 from distillation import parallel
+from distillation.inner_models import linearized
 
 
 def _config(features='conv', pool=False, **model):
@@ -89,6 +90,32 @@ def _dense_solution(model, member, l2reg, images, targets):
 
 
 class LinearizedTest(parameterized.TestCase):
+
+  def test_conjugate_gradients_unrolled_or_looped_solve_the_system(self):
+    with jax.enable_x64(True):
+      rng = np.random.default_rng(0)
+      a = rng.normal(size=(12, 12))
+      a = a @ a.T + 0.1 * np.eye(12)
+      b = {'u': rng.normal(size=8), 'v': rng.normal(size=(2, 2))}
+      flat, unravel = jax.flatten_util.ravel_pytree(b)
+      matvec = lambda x: unravel(a @ jax.flatten_util.ravel_pytree(x)[0])
+      x0 = jax.tree.map(jnp.zeros_like, b)
+      looped, steps = jax.jit(lambda b: linearized.conjugate_gradients(
+          matvec, b, x0, 1e-10, 100))(b)
+      unrolled, unrolled_steps = jax.jit(
+          lambda b: linearized.conjugate_gradients(
+              matvec, b, x0, 1e-10, 40, unroll=True))(b)
+      expected = np.linalg.solve(a, flat)
+      for x in (looped, unrolled):
+        np.testing.assert_allclose(jax.flatten_util.ravel_pytree(x)[0],
+                                   expected, rtol=1e-8)
+      # The unrolled steps after convergence do nothing and are not counted.
+      self.assertEqual(int(steps), int(unrolled_steps))
+      self.assertLess(int(steps), 40)
+      # Stopped early: the steps taken, and the residual left.
+      _, few = linearized.conjugate_gradients(matvec, b, x0, 1e-10, 3,
+                                              unroll=True)
+      self.assertEqual(int(few), 3)
 
   @parameterized.parameters('conv', 'mlp')
   def test_linearization_is_the_network_and_its_derivative(self, features):

@@ -42,6 +42,8 @@ class InnerModel(abc.ABC):
 
   name: str
   initial_params: Params
+  # Whether the fit is a linear head on features (`linear_context`).
+  linear_head: bool = False
 
   def init_state(self, key: jax.Array) -> dict[str, Any]:
     """What the outer state carries for the model (a pool of networks);

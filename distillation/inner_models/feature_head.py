@@ -29,6 +29,7 @@ class FeatureHead(base.InnerModel):
   """Heads on `feature_map` features; `pool` is None for random networks."""
 
   name = 'feature_head'
+  linear_head = True
 
   def __init__(self, config: ml_collections.ConfigDict,
                info: input_pipeline.DatasetInfo):

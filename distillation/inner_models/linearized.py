@@ -25,8 +25,11 @@ which conjugate gradients minimizes matrix-free (Hessian-vector products by
 jvp of grad), for config.inner.maxiter steps or until ||grad F|| <=
 config.inner.tol. The hypergradient is the implicit function theorem on
 grad F(delta*) = 0 (`jaxopt.implicit_diff.custom_root`, its system solved
-by CG: config.inner.implicit_maxiter, implicit_tol; the Hessian is symmetric
-positive definite), plus the direct term through W's closed form.
+by CG: config.inner.implicit_maxiter steps or a residual of implicit_tol
+times the right-hand side's; the Hessian is symmetric positive definite),
+plus the direct term through W's closed form. config.inner.cg_unroll writes
+both CG loops out step by step (for XLA's CPU backend: see
+`conjugate_gradients`).
 
 Base networks: each step's `nets_per_step` fresh random ones, or the pool's
 members (`pool.py`) whose turn it is, trained on the distilled set. Their
@@ -36,7 +39,6 @@ KIP, FRePo and RCIG).
 """
 
 from collections.abc import Callable
-import functools
 from typing import Any
 import warnings
 
@@ -66,31 +68,41 @@ def _vdot(a: Any, b: Any) -> jax.Array:
 
 
 def conjugate_gradients(matvec: Callable[[Any], Any], b: Any, x0: Any,
-                        tol: float, maxiter: int) -> tuple[Any, jax.Array]:
+                        tol: float, maxiter: int, unroll: bool = False
+                        ) -> tuple[Any, jax.Array]:
   """Solves matvec(x) = b (symmetric positive definite) from x0 until the
   residual's norm is at most `tol` or `maxiter` steps; (x, steps taken).
-  Not differentiated: custom_root gives the solution's derivative."""
-  r = jax.tree.map(jnp.subtract, b, matvec(x0))
-  tree_axpy = lambda a, x, y: jax.tree.map(lambda u, v: a * u + v, x, y)
 
-  def cond(carry):
-    _, _, _, rr, i = carry
-    return (rr > tol**2) & (i < maxiter)
+  unroll: all maxiter steps as straight-line code, each a no-op once the
+  residual is small enough, instead of a while loop; XLA's CPU backend runs
+  convolutions an order of magnitude slower inside a loop. Not
+  differentiated: custom_root gives the solution's derivative.
+  """
+  axpy = lambda a, x, y: jax.tree.map(lambda u, v: a * u + v, x, y)
+  r = jax.tree.map(jnp.subtract, b, matvec(x0))
+  rr = _vdot(r, r)
+  carry = (x0, r, r, rr, jnp.zeros((), jnp.int32))
 
   def body(carry):
     x, r, p, rr, i = carry
+    active = rr > tol**2
     ap = matvec(p)
-    alpha = rr / _vdot(p, ap)
-    x = tree_axpy(alpha, p, x)
-    r = tree_axpy(-alpha, ap, r)
-    rr_new = _vdot(r, r)
-    p = tree_axpy(rr_new / rr, p, r)
-    return x, r, p, rr_new, i + 1
+    # Zero steps once converged (where p, and so p.Ap, may vanish).
+    alpha = jnp.where(active, rr / jnp.where(active, _vdot(p, ap), 1.0), 0.0)
+    x = axpy(alpha, p, x)
+    r = axpy(-alpha, ap, r)
+    rr_new = jnp.where(active, _vdot(r, r), rr)
+    p = jax.tree.map(lambda u, v: jnp.where(active, u, v),
+                     axpy(rr_new / jnp.where(active, rr, 1.0), p, r), p)
+    return x, r, p, rr_new, i + active.astype(jnp.int32)
 
-  rr = _vdot(r, r)
-  x, _, _, _, steps = jax.lax.while_loop(
-      cond, body, (x0, r, r, rr, jnp.zeros((), jnp.int32)))
-  return x, steps
+  if unroll:
+    for _ in range(maxiter):
+      carry = body(carry)
+  else:
+    carry = jax.lax.while_loop(
+        lambda c: (c[3] > tol**2) & (c[4] < maxiter), body, carry)
+  return carry[0], carry[4]
 
 
 class Linearized(base.InnerModel):
@@ -128,13 +140,21 @@ class Linearized(base.InnerModel):
         raise errors.UserError(
             f'config.inner.{field}={inner_config[field]} must be positive.')
     self.tol, self.maxiter = inner_config.tol, inner_config.maxiter
+    self.unroll = inner_config.get('cg_unroll', False)
     self.pool = None
     if pool_lib.enabled(model_config):
       self.pool = pool_lib.Pool(model_config, self.feature_map,
                                 info.num_classes, random_head=True)
-    implicit_solve = functools.partial(
-        jaxopt.linear_solve.solve_cg, tol=inner_config.implicit_tol,
-        maxiter=inner_config.implicit_maxiter)
+    implicit_tol = inner_config.implicit_tol
+    implicit_maxiter = inner_config.implicit_maxiter
+
+    def implicit_solve(matvec, b):
+      """CG on the implicit system, to a residual of implicit_tol ||b||."""
+      x0 = jax.tree.map(jnp.zeros_like, b)
+      tol = implicit_tol * jnp.sqrt(_vdot(b, b))
+      return conjugate_gradients(matvec, b, x0, tol, implicit_maxiter,
+                                 self.unroll)[0]
+
     self._solve_delta = jaxopt.implicit_diff.custom_root(
         jax.grad(self._objective), has_aux=True,
         solve=implicit_solve)(self._minimize)
@@ -193,7 +213,8 @@ class Linearized(base.InnerModel):
     # F is quadratic: grad F(d) = H d - b with b = -grad F(0).
     zero = jax.tree.map(jnp.zeros_like, init)
     b = jax.tree.map(jnp.negative, grad(zero))
-    delta, steps = conjugate_gradients(hvp, b, init, self.tol, self.maxiter)
+    delta, steps = conjugate_gradients(hvp, b, init, self.tol, self.maxiter,
+                                       self.unroll)
     error = jnp.sqrt(_vdot(grad(delta), grad(delta)))
     return delta, (steps, error)
 

@@ -19,6 +19,7 @@ class Pixels(base.InnerModel):
   solution may warm-start the next step's solve (config.inner.warm_start)."""
 
   name = 'pixels'
+  linear_head = True
 
   def __init__(self, config: ml_collections.ConfigDict,
                info: input_pipeline.DatasetInfo):
