@@ -6,9 +6,7 @@ import signal
 import threading
 
 from absl import logging
-from clu import metric_writers
 from clu import metrics as clu_metrics
-from clu import periodic_actions
 import flax
 import jax
 import jax.numpy as jnp
@@ -323,6 +321,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   """Runs outer steps from `state.step` to `config.num_steps`, or until
   preempted; `best` keeps the state of the best validation accuracy, so far
   `best_accuracy`. `meta` is saved with each checkpoint."""
+  # Imported once the run is checked: CLU's writers load TensorFlow, seconds
+  # that a mistyped config should not wait for.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   if int(state.step) == 0:

@@ -250,10 +250,11 @@ class LinearizedTest(parameterized.TestCase):
     # Equal scans (a scan of one step compiles to other float32 rounding).
     at_once, metrics = _pmap_on(1, steps(4))(state, one)
     self.assertEqual(int(metrics['inner_unconverged'].sum()), 0)
-    halfway, _ = _pmap_on(1, steps(2))(state, one)
-    resumed, _ = _pmap_on(1, steps(2))(halfway, one)
+    two_steps = _pmap_on(1, steps(2))
+    halfway, _ = two_steps(state, one)
+    resumed, _ = two_steps(halfway, one)
     jax.tree.map(np.testing.assert_array_equal, resumed, at_once)
-    at_once, _ = _pmap_on(1, steps(2))(state, one)
+    at_once = halfway  # Two steps on one device.
     four_states, _ = jax.pmap(
         steps(2), axis_name=parallel.AXIS, in_axes=(None, 0),
         devices=jax.local_devices()[:4])(state, parallel.shard_split(train,
