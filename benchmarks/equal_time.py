@@ -8,8 +8,9 @@
 
 For each run of a curve.py table (its networks' validation accuracy at each
 kept step), reads from the run's TensorBoard log the train.py wall time at
-that step (the `uptime` scalar nearest it: compilation, validation and
-checkpoints included, as a user waits for them) and writes
+that step (the `uptime` scalar, linear between the logged steps around
+it: compilation, validation and checkpoints included, as a user waits for
+them) and writes
 equal_time_NAME.md and .png: accuracy against minutes, one line per run, so
 inner models of different step costs compare at equal compute. Runs must
 come from one machine, each alone on it. The test split is in no cell.
@@ -22,6 +23,7 @@ import platform
 import sys
 
 from absl import flags
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -46,6 +48,14 @@ def uptimes(workdir: str) -> dict[int, float]:
         if value.tag == 'uptime':
           out[event.step] = float(tensor_util.MakeNdarray(value.tensor))
   return out
+
+
+def seconds_at(times: dict[int, float], step: int) -> float:
+  """The uptime at `step`, linear between the logged steps around it (the
+  log is periodic, every config.progress_every_secs); the nearest end's
+  value outside them."""
+  logged = sorted(times)
+  return float(np.interp(step, logged, [times[s] for s in logged]))
 
 
 def main(argv):
@@ -74,9 +84,7 @@ def main(argv):
   for label, times in runs.items():
     for step, results in sorted(curve['networks'][label].items(),
                                 key=lambda x: int(x[0])):
-      logged = min(times, key=lambda s, step=int(step): abs(s - step))
-      # Scale by steps when the nearest logged step is not the step itself.
-      seconds = times[logged] * int(step) / max(logged, 1)
+      seconds = seconds_at(times, int(step))
       for r in results:
         rows.append(dict(run=label, step=int(step), minutes=seconds / 60,
                          evaluator=r['evaluator'], labels=r['labels'],
@@ -99,6 +107,10 @@ def main(argv):
   lines += [f'| {r["run"]} | {r["step"]} | {r["minutes"]:.1f} | '
             f'{r["evaluator"]} | {r["labels"]} | {r["accuracy"]:.1f} ± '
             f'{r["std"]:.1f} |' for r in rows]
+  lines += [f'| random real | — | — | {r["evaluator"]} | {r["labels"]} | '
+            f'{100 * r["validation_accuracy"]:.1f} ± '
+            f'{100 * r["validation_accuracy_std"]:.1f} |'
+            for r in curve.get('random_real', [])]
   with open(stem + '.md', 'w') as f:
     f.write('\n'.join(lines) + '\n')
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -111,6 +123,11 @@ def main(argv):
                 [r['accuracy'] for r in points],
                 yerr=[r['std'] for r in points], marker='o', capsize=3,
                 label=f'{run}, {labels} labels')
+  # The baseline under the same recipe: random real images, hard labels.
+  for r in curve.get('random_real', []):
+    if r['labels'] == 'hard':
+      ax.axhline(100 * r['validation_accuracy'], color='gray', ls='--',
+                 label=f'random real, hard labels ({r["evaluator"]})')
   ax.set_xlabel('train.py minutes (2-core CPU)' if os.cpu_count() == 2 else
                 'train.py minutes')
   ax.set_ylabel('validation accuracy (%)')

@@ -100,9 +100,9 @@ def main(argv):
     update = jax.jit(lambda s, h: model.update(s, state.step, key, h, None))
     rows.append(('pool update', _time_ms(update, state.pool, hyper)))
   lines = [
-      f'`{FLAGS.config}`: {config.distill.images_per_class} images per '
-      f'class, width {config.model.width}, {config.model.nets_per_step} base '
-      f'network(s), CG {config.inner.maxiter} + '
+      f'`{FLAGS.config}`: images per class {config.distill.images_per_class}'
+      f', width {config.model.width}, base networks per step '
+      f'{config.model.nets_per_step}, CG {config.inner.maxiter} + '
       f'{config.inner.implicit_maxiter} steps (unrolled: '
       f'{config.inner.cg_unroll}), batch {config.data.outer_batch_size}. '
       f'Machine: {platform.machine()}, {os.cpu_count()} CPUs, '

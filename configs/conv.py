@@ -120,7 +120,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.inner.maxiter = 30
     config.inner.implicit_tol = 1e-4
     config.inner.implicit_maxiter = 30
-    config.inner.cg_unroll = True
+    # XLA's CPU backend runs convolutions far slower inside a loop.
+    config.inner.cg_unroll = cpu
+    if cpu and dataset != 'digits' and ipc > 1:
+      # Within 30 minutes on 2 cores (docs/linearized.md).
+      config.num_steps = 300 if ipc == 10 else 60
   config.log_every_steps = 10
   config.eval_every_steps = 50 if cpu else 250
   config.checkpoint_every_steps = 50 if cpu else 250
