@@ -31,9 +31,9 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 # XLA's older CPU emitters compile these programs in about three quarters of
 # the time. The flag is internal: a jaxlib that does not know it refuses to
 # start, so it is set only for the jaxlib that requirements.txt pins.
-_PINNED = re.search(r'^jax==(\S+)', open(os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    'requirements.txt')).read(), re.M)
+with open(os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'requirements.txt')) as _requirements:
+  _PINNED = re.search(r'^jax==(\S+)', _requirements.read(), re.M)
 if _PINNED and importlib.metadata.version('jaxlib') == _PINNED.group(1):
   os.environ['XLA_FLAGS'] += ' --xla_cpu_use_fusion_emitters=false'
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:

@@ -254,7 +254,7 @@ class LinearizedTest(parameterized.TestCase):
     halfway, _ = two_steps(state, one)
     resumed, _ = two_steps(halfway, one)
     jax.tree.map(np.testing.assert_array_equal, resumed, at_once)
-    at_once = halfway  # Two steps on one device.
+    # Four devices against the same two steps on one: `halfway`.
     four_states, _ = jax.pmap(
         steps(2), axis_name=parallel.AXIS, in_axes=(None, 0),
         devices=jax.local_devices()[:4])(state, parallel.shard_split(train,
@@ -265,9 +265,9 @@ class LinearizedTest(parameterized.TestCase):
     four = jax.tree.map(lambda x: x[0], four_states)
     # Sums over other shards of the batch: float32 rounding, no more.
     for name in state.params:
-      np.testing.assert_allclose(four.params[name], at_once.params[name],
+      np.testing.assert_allclose(four.params[name], halfway.params[name],
                                  rtol=1e-4, atol=1e-6)
-    np.testing.assert_array_equal(four.pool['age'], at_once.pool['age'])
+    np.testing.assert_array_equal(four.pool['age'], halfway.pool['age'])
 
   @parameterized.named_parameters(
       ('loss', dict(loss='logistic'), "^config.inner.loss='logistic' does"),
