@@ -1,9 +1,10 @@
 """Tests a distilled set: `python eval.py --workdir=DIR [--out=FILE.json]
 [--export=FILE.npz] [--step=N]`.
 
-Fits the inner model on the distilled images of the best (by validation
-accuracy) or latest checkpoint, and baselines of the same size, prints their
-test accuracy and loss, and writes them to DIR/eval.json (or --out). The
+Fits the inner model on the distilled images of the best (config.eval.select
+says by what: docs/evaluation.md) or latest checkpoint, and baselines of the
+same size, prints their test accuracy and loss, and writes them to
+DIR/eval.json (or --out). The
 evaluators of config.eval.nets also train networks from scratch on each set.
 The checkpoint's config says how, unless --config is given, e.g.
 `--config=configs/default.py --config.eval.nets=linear,convnet
@@ -30,7 +31,10 @@ flags.DEFINE_string('out', None, 'Write the result (JSON) here instead of '
 flags.DEFINE_string('export', None,
                     'Also save the distilled images and labels to this .npz.')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'],
-                  'The best checkpoint by validation accuracy, or the latest.')
+                  'best: the set config.eval.select picks (the best '
+                  'checkpoint by the inner model\'s validation accuracy, or '
+                  'by networks\' among step 0 and kept checkpoints); latest: '
+                  'the newest checkpoint.')
 flags.DEFINE_integer('step', None, 'Test this step of the latest '
                      'checkpoints instead (config.max_checkpoints_to_keep '
                      'says how many are kept), e.g. for a compute curve.')

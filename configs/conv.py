@@ -137,6 +137,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # No linear head to refit: the inner model is the whole network.
     config.eval.nets = ('convnet', 'convnet_noaug')
   config.eval.net_preset = 'cpu' if cpu else 'paper'
+  # The reported set: of the initial images and the checkpoints at a third
+  # and two thirds of the steps, the newest and the best, the one whose
+  # ConvNets do best on validation (docs/evaluation.md).
+  config.eval.select = 'convnet'
+  every = config.checkpoint_every_steps
+  config.eval.select_every_steps = max(every,
+                                       config.num_steps // 3 // every * every)
   if dataset == 'digits':
     config.eval.net_depth = 2
   return config

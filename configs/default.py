@@ -154,19 +154,43 @@ def get_config() -> ml_collections.ConfigDict:
                   mlp_depth=2, epochs=150, full_data_epochs=2,
                   batch_size=256, learning_rate=0.01, momentum=0.9,
                   weight_decay=5e-4, seeds=5, augment='auto'),
+      # The kernel methods' protocol (RCIG's eval.py, as FRePo's):
+      # ConvNet-3 of width 128 without normalization, Adam at 1e-4 with 500
+      # warm-up steps and cosine decay, the squared loss on the targets,
+      # 2000 steps (1000 at one image per class), no weight decay, 5
+      # networks (docs/evaluation.md says where it differs).
+      'kernel': dict(width=128, depth=3, norm='none', mlp_width=128,
+                     mlp_depth=2, epochs=1, full_data_epochs=50,
+                     batch_size=256, learning_rate=1e-4, momentum=0.0,
+                     weight_decay=0.0, seeds=5,
+                     augment='crop_scale_rotate_cutout', optimizer='adam',
+                     loss='mse', steps=2000, steps_one_per_class=1000,
+                     warmup_steps=500),
+      # The same protocol for 2 CPU cores: width 32, a quarter of the steps.
+      'kernel_cpu': dict(width=32, depth=3, norm='none', mlp_width=128,
+                         mlp_depth=2, epochs=1, full_data_epochs=2,
+                         batch_size=256, learning_rate=1e-4, momentum=0.0,
+                         weight_decay=0.0, seeds=5,
+                         augment='crop_scale_rotate_cutout', optimizer='adam',
+                         loss='mse', steps=500, steps_one_per_class=250,
+                         warmup_steps=125),
   })
   # Set, any of these replaces the preset's value (and the rows' recipe
   # name lists it): net_width, net_depth, net_norm (instance | none), the
   # MLP's net_mlp_width and net_mlp_depth (hidden layers), net_epochs,
   # net_full_data_epochs, net_batch_size, net_learning_rate, net_momentum,
   # net_weight_decay, net_seeds, net_augment ('_'-joined DSA transforms of
-  # color, crop, cutout, flip, scale, rotate; none; auto).
+  # color, crop, cutout, flip, scale, rotate; none; auto), net_optimizer
+  # (sgd | adam), net_loss (cross_entropy | mse), net_steps,
+  # net_steps_one_per_class, net_warmup_steps (see net_train.Recipe).
   for field, kind in (('width', int), ('depth', int), ('norm', str),
                       ('mlp_width', int), ('mlp_depth', int), ('epochs', int),
                       ('full_data_epochs', int), ('batch_size', int),
                       ('learning_rate', float), ('momentum', float),
                       ('weight_decay', float), ('seeds', int),
-                      ('augment', str)):
+                      ('augment', str), ('optimizer', str), ('loss', str),
+                      ('steps', int), ('steps_one_per_class', int),
+                      ('warmup_steps', int)):
     config.eval[f'net_{field}'] = config_dict.placeholder(kind)
   # How each device trains its networks (distillation/net_train.py):
   # vmapped (a loop over many steps per call) | unrolled (one step per call,
@@ -182,6 +206,15 @@ def get_config() -> ml_collections.ConfigDict:
   # costly), caching the row under net_cache_dir (unset: the workdir).
   config.eval.net_full_data = False
   config.eval.net_cache_dir = config_dict.placeholder(str)
+  # The set eval.py reports (distillation/selection.py): inner, train.py's
+  # best checkpoint by the inner model's validation accuracy | a network
+  # evaluator above (convnet, ...): of step 0 (the initial images), the
+  # checkpoints at multiples of select_every_steps (train.py keeps them),
+  # the newest and the best, the one whose select_seeds networks of that
+  # evaluator's recipe, trained with hard labels, do best on validation.
+  config.eval.select = 'inner'
+  config.eval.select_seeds = 2
+  config.eval.select_every_steps = config_dict.placeholder(int)
 
   config.num_steps = 200  # Outer steps.
   config.steps_per_dispatch = 1  # Outer steps per device call (lax.scan).

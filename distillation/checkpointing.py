@@ -177,15 +177,22 @@ class Checkpoints:
   """
 
   def __init__(self, workdir: str, name: str = LATEST, *,
-               max_to_keep: int | None = None, read_only: bool = False):
+               max_to_keep: int | None = None, keep_every: int | None = None,
+               read_only: bool = False):
+    """`max_to_keep`: the newest steps kept (None: all); `keep_every`:
+    steps at its multiples are kept as well."""
     quiet_orbax_logs()
     self.workdir = os.path.abspath(workdir)
     self.directory = checkpoint_dir(workdir, name)
     self.read_only = read_only
+    policies = [ocp.checkpoint_managers.LatestN(max_to_keep)]
+    if keep_every:
+      policies.append(ocp.checkpoint_managers.EveryNSteps(keep_every))
     self._manager = ocp.CheckpointManager(
         self.directory, item_names=('state', 'meta'),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=not read_only,
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
+                policies), create=not read_only,
             read_only=read_only,
             # Saves cut short (a kill mid-save) leave temporary directories,
             # which are never listed as steps; remove them on start.

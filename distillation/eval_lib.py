@@ -25,6 +25,7 @@ from distillation import linear_eval
 from distillation import net_eval
 from distillation import net_train
 from distillation import outer
+from distillation import selection
 from distillation import workdirs
 
 RESULT_NAME = 'eval.json'
@@ -98,12 +99,15 @@ def evaluate(workdir: str, export: str | None = None, which: str = 'best',
   to `out`, or the workdir's eval.json.
 
   The `eval` section of the checkpoint's config says how, unless
-  `eval_config` (another config's `eval` section) replaces it. `step`: that
-  step of the latest checkpoints instead of `which`.
+  `eval_config` (another config's `eval` section) replaces it. `which`:
+  'best' is the set config.eval.select picks (`selection`; by default the
+  best checkpoint by the inner model's validation accuracy), 'latest' the
+  newest checkpoint. `step`: that step of the latest checkpoints instead.
   """
   if export:
     export = _check_export(export, workdir)
   result_path = _result_path(workdir, out, export)
+  select = which == 'best' and step is None
   distiller, state, which = load_distilled(workdir, which, step)
   config = distiller.config
   if eval_config is not None:
@@ -118,26 +122,34 @@ def evaluate(workdir: str, export: str | None = None, which: str = 'best',
       config.data, digests)
   if jax.process_index() == 0:
     digests.save()
-  l2reg, images, targets = distiller.hyperparams(state.params)
-  if 'linear' in nets and not distiller.inner_model.linear_head:
-    distiller.linear_context()  # Its one-line error names the field.
-  # The distilled set's linear row, with baselines if asked for; none
-  # without a linear head to refit.
-  table = (linear_eval.evaluate(distiller, state.params, train, validation,
-                                test, baselines=baselines and 'linear' in nets)
-           if distiller.inner_model.linear_head else [])
   # The networks' normalization: per-channel statistics of the training
   # split as the distiller saw it (after config.data's preprocessing).
   mean, std = input_pipeline.channel_stats(train.images,
                                            distiller.info.image_shape)
+  chosen = None
+  if select and selection.criterion(config) != selection.INNER:
+    candidate, chosen = selection.choose(
+        distiller, _candidates(workdir, distiller, train), validation, mean,
+        std)
+    params, step_done, which = (candidate.params, candidate.step,
+                                candidate.source)
+  else:
+    params, step_done = state.params, int(state.step)
+  l2reg, images, targets = distiller.hyperparams(params)
+  if 'linear' in nets and not distiller.inner_model.linear_head:
+    distiller.linear_context()  # Its one-line error names the field.
+  # The distilled set's linear row, with baselines if asked for; none
+  # without a linear head to refit.
+  table = (linear_eval.evaluate(distiller, params, train, validation, test,
+                                baselines=baselines and 'linear' in nets)
+           if distiller.inner_model.linear_head else [])
   net_table = []
   for name in nets:
     if name != 'linear':
-      net_table += net_eval.evaluate(distiller, recipes[name], name,
-                                     state.params, train, validation, test,
-                                     mean, std, workdir=workdir,
-                                     baselines=baselines)
-  result = {'step': int(state.step), 'checkpoint': which,
+      net_table += net_eval.evaluate(distiller, recipes[name], name, params,
+                                     train, validation, test, mean, std,
+                                     workdir=workdir, baselines=baselines)
+  result = {'step': step_done, 'checkpoint': which,
             # The linear row's; None without a linear head (the networks'
             # rows are in net_table).
             'test_accuracy': table[0]['test_accuracy'] if table else None,
@@ -145,6 +157,8 @@ def evaluate(workdir: str, export: str | None = None, which: str = 'best',
             'table': table,
             'net_table': net_table,
             'net_differences': net_eval.differences(net_table)}
+  if chosen is not None:
+    result['selection'] = chosen
   if table:
     logging.info('Evaluation of %s at step %d (%s checkpoint):\n%s', workdir,
                  result['step'], which, linear_eval.format_table(table))
@@ -159,6 +173,35 @@ def evaluate(workdir: str, export: str | None = None, which: str = 'best',
       if export:
         _export(export, distiller, l2reg, images, targets, mean, std, recipes)
   return result
+
+
+def _candidates(workdir: str, distiller: outer.Distiller,
+                train: input_pipeline.Split) -> list[selection.Candidate]:
+  """The candidates of `selection.candidate_steps` that restore, with the
+  initial set rebuilt as train.py built it (the config's seed, the same
+  training split)."""
+  steps = {}
+  for name in CHECKPOINTS:
+    if os.path.isdir(checkpointing.checkpoint_dir(workdir, CHECKPOINTS[name])):
+      with checkpointing.Checkpoints(workdir, CHECKPOINTS[name],
+                                     read_only=True) as checkpoints:
+        steps[name] = checkpoints.all_steps()
+  candidates = []
+  for step, source in selection.candidate_steps(
+      steps.get('latest', []), steps.get('best', []),
+      distiller.config.eval.get('select_every_steps')):
+    if source == selection.INITIAL:
+      params = distiller.init_state(
+          jax.random.PRNGKey(distiller.config.seed), train).params
+    else:
+      try:
+        params = _restore(workdir, source, step)[1].params
+      except errors.UserError:  # Logged with its path by the restore.
+        logging.warning('Step %d of the %s checkpoints cannot be restored; '
+                        'it is left out of the selection.', step, source)
+        continue
+    candidates.append(selection.Candidate(step, source, params))
+  return candidates
 
 
 def _result_path(workdir: str, out: str | None, export: str | None) -> str:
@@ -207,6 +250,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   eval.py after training."""
   evaluators(config)
   net_eval.recipes(config)
+  selection.criterion(config)
   if config.eval.get('net_path') is not None:
     # Checked only when set: the default asks the backend, which starts it.
     net_eval.trainer_path(config)

@@ -37,7 +37,13 @@ NO_AUGMENT = '_noaug'
 EVALUATORS = net_train.MODELS + tuple(m + NO_AUGMENT for m in net_train.MODELS)
 _NET_FIELDS = ('width', 'depth', 'norm', 'mlp_width', 'mlp_depth', 'epochs',
                'full_data_epochs', 'batch_size', 'learning_rate', 'momentum',
-               'weight_decay', 'seeds', 'augment')
+               'weight_decay', 'seeds', 'augment', 'optimizer', 'loss',
+               'steps', 'steps_one_per_class', 'warmup_steps')
+# What a preset older than a field means by its absence: DC/DSA's recipe.
+_NET_DEFAULTS = {'optimizer': 'sgd', 'loss': 'cross_entropy', 'steps': 0,
+                 'steps_one_per_class': 0, 'warmup_steps': 0}
+OPTIMIZERS = ('sgd', 'adam')
+LOSSES = ('cross_entropy', 'mse')
 
 
 def names(entries) -> tuple[str, ...]:
@@ -100,7 +106,8 @@ def recipes(config: ml_collections.ConfigDict
   for field in _NET_FIELDS:
     override = eval_config.get(f'net_{field}')
     if override is None:
-      values[field] = eval_config.net_presets[preset][field]
+      values[field] = eval_config.net_presets[preset].get(
+          field, _NET_DEFAULTS.get(field))
       fields[field] = f'config.eval.net_presets.{preset}.{field}'
     else:
       values[field] = override
@@ -111,9 +118,15 @@ def recipes(config: ml_collections.ConfigDict
     if values[field] < 1:
       raise errors.UserError(
           f'{fields[field]}={values[field]} must be at least 1.')
-  if values['mlp_depth'] < 0:
-    raise errors.UserError(
-        f'{fields["mlp_depth"]}={values["mlp_depth"]} must be at least 0.')
+  for field in ('mlp_depth', 'steps', 'steps_one_per_class', 'warmup_steps'):
+    if values[field] < 0:
+      raise errors.UserError(
+          f'{fields[field]}={values[field]} must be at least 0.')
+  for field, valid in (('optimizer', OPTIMIZERS), ('loss', LOSSES)):
+    if values[field] not in valid:
+      raise errors.UserError(
+          f'{fields[field]}={values[field]!r} is unknown; use one of '
+          f'{", ".join(valid)}.')
   if values['norm'] not in networks.NORMS:
     raise errors.UserError(
         f'{fields["norm"]}={values["norm"]!r} is unknown; use one of '
@@ -144,7 +157,11 @@ def recipes(config: ml_collections.ConfigDict
         learning_rate=float(values['learning_rate']),
         momentum=float(values['momentum']),
         weight_decay=float(values['weight_decay']),
-        seeds=values['seeds'], augment=transforms, **shape)
+        seeds=values['seeds'], augment=transforms,
+        optimizer=values['optimizer'], loss=values['loss'],
+        steps=values['steps'],
+        steps_one_per_class=values['steps_one_per_class'],
+        warmup_steps=values['warmup_steps'], **shape)
 
   # Without augmentation, the name says so (and drops any net_augment).
   plain = [c for c in changed if not c.startswith('augment=')] + [

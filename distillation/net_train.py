@@ -6,7 +6,9 @@ PyTorch does), the learning rate cut x0.1 after the first half of the epochs
 (rounded up), minibatches of `batch_size` (the whole set if smaller) drawn
 from a fresh shuffle each epoch (the last one short), per-channel
 normalization, DSA augmentation of each minibatch, and cross-entropy on the
-given (soft or one-hot) targets.
+given (soft or one-hot) targets. The kernel methods' recipe swaps in Adam
+with warm-up and cosine decay, a squared loss and a fixed step count
+(`Recipe.optimizer`, `loss`, `steps`).
 
 All `seeds` networks of a set train together in one compiled program, the
 networks spread over the local devices (`parallel.pmap`), by one of two
@@ -56,6 +58,18 @@ class Recipe:
   weight_decay: float
   seeds: int
   augment: tuple[str, ...]  # DSA transforms; () for none.
+  # The kernel methods' recipe (FRePo, RCIG) differs in these; the defaults
+  # are DC/DSA's. optimizer: sgd (momentum, the learning rate x0.1 after
+  # half the steps) | adam (linear warm-up over warmup_steps from 0, then
+  # cosine decay to 1%). loss: cross_entropy | mse (half the squared error
+  # to the targets centred by -1 / num_classes, averaged over classes too).
+  # steps > 0: that many steps instead of `epochs` (steps_one_per_class for
+  # a set of one image per class, if > 0); the full-data row keeps epochs.
+  optimizer: str = 'sgd'
+  loss: str = 'cross_entropy'
+  steps: int = 0
+  steps_one_per_class: int = 0
+  warmup_steps: int = 0
 
   def as_dict(self) -> dict[str, Any]:
     return {**dataclasses.asdict(self), 'augment': '_'.join(self.augment)
@@ -111,8 +125,14 @@ class NetTrainer:
     batch = min(self.recipe.batch_size, num_examples)
     return batch, math.ceil(num_examples / batch)
 
-  def num_steps(self, num_examples: int) -> int:
-    return self.recipe.epochs * self.schedule(num_examples)[1]
+  def num_steps(self, num_examples: int, epochs: int | None = None) -> int:
+    """Training steps on a set of `num_examples`; `epochs` (the full-data
+    row's) counts epochs even where the recipe counts steps."""
+    if epochs is None and self.recipe.steps:
+      if num_examples == self.num_classes and self.recipe.steps_one_per_class:
+        return self.recipe.steps_one_per_class
+      return self.recipe.steps
+    return (epochs or self.recipe.epochs) * self.schedule(num_examples)[1]
 
   def train(
       self, images: np.ndarray, targets: np.ndarray, *,
@@ -135,9 +155,7 @@ class NetTrainer:
     draws = np.zeros(seeds, np.int32) if draws is None else np.asarray(
         draws, np.int32)
     n = images.shape[1]
-    steps_per_epoch = self.schedule(n)[1]
-    epochs = epochs or self.recipe.epochs
-    total = epochs * steps_per_epoch
+    total = self.num_steps(n, epochs)
     if self._unrolled:
       steps_per_call = 1
     steps_per_call = steps_per_call or max(1, math.ceil(total / 20))
@@ -147,12 +165,16 @@ class NetTrainer:
     data = {'images': jnp.asarray(images, jnp.float32).reshape(
                 images.shape[:2] + self.image_shape),
             'targets': jnp.asarray(targets, jnp.float32)}
-    decay_step = (epochs + 1) // 2 * steps_per_epoch
+    # SGD's cut after half the epochs (rounded up), or steps.
+    steps_per_epoch = self.schedule(n)[1]
+    decay_step = (math.ceil(total / steps_per_epoch) + 1) // 2 * (
+        steps_per_epoch)
     done = 0
     while done < total:
       stop = min(total, done + steps_per_call)
       nets = self._shard(self._train(
-          {**data, 'start': done, 'stop': stop, 'decay_step': decay_step},
+          {**data, 'start': done, 'stop': stop, 'decay_step': decay_step,
+           'total': total},
           nets))
       done = stop
       if progress:
@@ -197,6 +219,9 @@ class NetTrainer:
   def _init_net(self, key: jax.Array) -> dict[str, Any]:
     params = self._model.init(jax.random.fold_in(key, 0), jnp.zeros(
         (1,) + self.image_shape))
+    if self.recipe.optimizer == 'adam':
+      return {'params': params, 'adam': optax.scale_by_adam().init(params),
+              'key': key}
     return {'params': params, 'momentum': jax.tree.map(jnp.zeros_like, params),
             'key': key}
 
@@ -243,11 +268,24 @@ class NetTrainer:
     targets = data['targets'][net['draw'], index]
 
     def loss_fn(params):
-      losses = optax.softmax_cross_entropy(self._model.apply(params, images),
-                                           targets)
+      logits = self._model.apply(params, images)
+      if recipe.loss == 'mse':
+        losses = 0.5 * jnp.mean(
+            (logits - (targets - 1 / self.num_classes))**2, -1)
+      else:
+        losses = optax.softmax_cross_entropy(logits, targets)
       return jnp.sum(mask * losses) / jnp.sum(mask)
 
     grads = jax.grad(loss_fn)(net['params'])
+    if recipe.optimizer == 'adam':
+      # Weight decay as an L2 term's gradient, as for SGD.
+      grads = jax.tree.map(lambda g, p: g + recipe.weight_decay * p, grads,
+                           net['params'])
+      updates, adam = optax.scale_by_adam().update(grads, net['adam'])
+      learning_rate = self._warmup_cosine(step, data['total'])
+      params = jax.tree.map(lambda p, u: p - learning_rate * u, net['params'],
+                            updates)
+      return {**net, 'params': params, 'adam': adam}
     learning_rate = recipe.learning_rate * jnp.where(
         step < data['decay_step'], 1.0, 0.1)
     momentum = jax.tree.map(
@@ -256,6 +294,16 @@ class NetTrainer:
     params = jax.tree.map(lambda p, m: p - learning_rate * m, net['params'],
                           momentum)
     return {**net, 'params': params, 'momentum': momentum}
+
+  def _warmup_cosine(self, step: jax.Array, total: jax.Array) -> jax.Array:
+    """The Adam recipe's rate: linear from 0 over warmup_steps, then cosine
+    decay to 1% at `total`."""
+    rate, warmup = self.recipe.learning_rate, self.recipe.warmup_steps
+    step = jnp.asarray(step, jnp.float32)
+    progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1),
+                        0.0, 1.0)
+    cosine = rate * (0.01 + 0.99 * 0.5 * (1 + jnp.cos(jnp.pi * progress)))
+    return jnp.where(step < warmup, rate * step / max(warmup, 1), cosine)
 
   def _test_nets(self, batch: dict[str, jax.Array], nets: dict[str, Any]):
     """Correct predictions on one test batch (labels -1: padding), per

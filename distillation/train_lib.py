@@ -278,7 +278,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       f'the disk of --workdir={workdir} is full; free some space and run the '
       'same command to resume from the newest complete checkpoint.'
   ), workdirs.Lock(workdir), checkpointing.Checkpoints(
-      workdir, max_to_keep=config.max_checkpoints_to_keep
+      workdir, max_to_keep=config.max_checkpoints_to_keep,
+      # eval.py's selection candidates (distillation/selection.py).
+      keep_every=config.eval.get('select_every_steps')
   ) as checkpoints, checkpointing.Checkpoints(
       workdir, checkpointing.BEST, max_to_keep=1) as best:
     # Resume order: the newest checkpoint in workdir that restores wins,

@@ -175,6 +175,23 @@ class EvalLibTest(parameterized.TestCase):
           recipes[model], augment=(), name='cpu(epochs=7, augment=none)'))
     self.assertEqual(set(recipes), set(eval_lib.EVALUATORS) - {'linear'})
 
+  def test_kernel_presets_are_the_kernel_methods_recipe(self):
+    config = test_config.get_config()
+    for preset, width, steps in (('kernel', 128, (2000, 1000)),
+                                 ('kernel_cpu', 32, (500, 250))):
+      config.eval.net_preset = preset
+      recipe = net_eval.recipes(config)['convnet']
+      self.assertEqual(
+          (recipe.name, recipe.width, recipe.norm, recipe.optimizer,
+           recipe.loss, (recipe.steps, recipe.steps_one_per_class),
+           recipe.weight_decay),
+          (preset, width, 'none', 'adam', 'mse', steps, 0.0))
+    # The DC/DSA presets keep SGD on the cross-entropy for their epochs.
+    config.eval.net_preset = 'cpu'
+    recipe = net_eval.recipes(config)['convnet']
+    self.assertEqual((recipe.optimizer, recipe.loss, recipe.steps),
+                     ('sgd', 'cross_entropy', 0))
+
   @parameterized.parameters(
       ('nets', ('linear', 'resnet'), r'config.eval.nets=.*resnet'),
       ('net_norm', 'batch', r"config.eval.net_norm='batch' is unknown"),
@@ -184,6 +201,10 @@ class EvalLibTest(parameterized.TestCase):
       ('net_augment', 'crop_blur', r'config.eval.net_augment='),
       ('net_preset', 'gpu', r"config.eval.net_preset='gpu' is unknown"),
       ('net_path', 'looped', r"config.eval.net_path='looped' is unknown"),
+      ('net_optimizer', 'lamb',
+       r"config.eval.net_optimizer='lamb' is unknown; use one of sgd, adam"),
+      ('net_loss', 'hinge', r"config.eval.net_loss='hinge' is unknown"),
+      ('net_steps', -1, r'config.eval.net_steps=-1 must be at least 0'),
       ('net_sets', ('random_real/soft', 'kmeans'),
        r"config.eval.net_sets=.*\['kmeans'\] is not one"))
   def test_bad_network_settings_name_the_field(self, field, value, message):

@@ -6,6 +6,7 @@ from absl.testing import parameterized
 import jax
 import ml_collections
 import numpy as np
+import optax
 
 from distillation import input_pipeline
 from distillation import net_train
@@ -85,6 +86,52 @@ class NetTrainTest(absltest.TestCase):
                                expected, atol=2 / 700)
 
 
+class KernelRecipeTest(absltest.TestCase):
+  """Adam with warm-up and cosine decay on the squared loss (the kernel
+  methods' recipe) against optax's own schedule and optimizer."""
+
+  def test_steps_and_the_rate_schedule(self):
+    recipe = _recipe(optimizer='adam', loss='mse', learning_rate=1e-3,
+                     steps=40, steps_one_per_class=20, warmup_steps=10)
+    trainer = net_train.NetTrainer(recipe, (8, 8, 1), 10, 0.0, 1.0)
+    self.assertEqual((trainer.num_steps(10), trainer.num_steps(100),
+                      trainer.num_steps(1000, epochs=2)), (20, 40, 16))
+    expected = optax.join_schedules(
+        [optax.linear_schedule(0.0, 1e-3, 10),
+         optax.cosine_decay_schedule(1e-3, 30, alpha=0.01)], [10])
+    for step in (0, 5, 10, 11, 25, 39, 40):
+      np.testing.assert_allclose(trainer._warmup_cosine(step, 40),
+                                 expected(step), rtol=1e-5, atol=1e-12)
+
+  def test_networks_are_optax_adam_on_the_centred_squared_loss(self):
+    recipe = _recipe(model='mlp', width=16, depth=1, seeds=2, augment=(),
+                     optimizer='adam', loss='mse', learning_rate=1e-2,
+                     steps=6, warmup_steps=2, weight_decay=0.0,
+                     batch_size=256)
+    trainer = net_train.NetTrainer(recipe, (8, 8, 1), 10, 0.0, 1.0,
+                                   num_devices=1)
+    train = input_pipeline.load_split(_DIGITS, 'train').take(np.arange(50))
+    targets = np.eye(10, dtype=np.float32)[train.labels]
+    nets = trainer.train(train.images[None], targets[None])
+    model = net_train.make_model(recipe, 10)
+    images = train.images.reshape(-1, 8, 8, 1)
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, 1e-2, 2),
+         optax.cosine_decay_schedule(1e-2, 4, alpha=0.01)], [2])
+    optimizer = optax.adam(schedule)
+    initial = trainer._init(trainer._keys(2))['params']
+    for seed in range(2):
+      params = jax.tree.map(lambda x, s=seed: x[s], initial)
+      state = optimizer.init(params)
+      loss = lambda p: 0.5 * np.mean(  # Over examples and classes.
+          (model.apply(p, images) - (targets - 0.1))**2)
+      for _ in range(6):
+        updates, state = optimizer.update(jax.grad(loss)(params), state)
+        params = optax.apply_updates(params, updates)
+      jax.tree.map(lambda a, b, s=seed: np.testing.assert_allclose(
+          a[0, s], b, rtol=1e-4, atol=1e-6), nets['params'], params)
+
+
 class PathTest(parameterized.TestCase):
   """The vmapped path (the accelerators') against the unrolled one (CPU's),
   both run here on CPU."""
@@ -115,13 +162,17 @@ class PathTest(parameterized.TestCase):
        'soft', 2),
       ('convnet_hard_1_device', 'convnet', (), 'hard', 1),
       ('mlp_augmented_hard_3_devices', 'mlp', ('crop', 'rotate'), 'hard', 3),
-      ('mlp_soft_2_devices', 'mlp', (), 'soft', 2))
+      ('mlp_soft_2_devices', 'mlp', (), 'soft', 2),
+      ('mlp_adam_squared_loss_soft_2_devices', 'mlp', ('crop',), 'soft', 2,
+       dict(optimizer='adam', loss='mse', learning_rate=1e-3, steps=4,
+            warmup_steps=2)))
   def test_vmapped_path_trains_the_networks_of_the_unrolled_one(
-      self, model, transforms, labels, num_devices):
-    recipe = _recipe(model=model, width=8 if model == 'convnet' else 16,
-                     depth=2 if model == 'convnet' else 1, epochs=1,
-                     batch_size=32, learning_rate=0.05, seeds=3,
-                     augment=transforms)
+      self, model, transforms, labels, num_devices, changes=None):
+    recipe = _recipe(**{
+        'model': model, 'width': 8 if model == 'convnet' else 16,
+        'depth': 2 if model == 'convnet' else 1, 'epochs': 1,
+        'batch_size': 32, 'learning_rate': 0.05, 'seeds': 3,
+        'augment': transforms, **(changes or {})})
     targets = np.eye(10, dtype=np.float32)[self.labels]
     if labels == 'soft':
       rng = np.random.default_rng(1)
