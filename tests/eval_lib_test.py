@@ -178,7 +178,7 @@ class EvalLibTest(parameterized.TestCase):
   def test_kernel_presets_are_the_kernel_methods_recipe(self):
     config = test_config.get_config()
     for preset, width, steps in (('kernel', 128, (2000, 1000)),
-                                 ('kernel_cpu', 32, (500, 250))):
+                                 ('kernel_cpu', 32, (2000, 1000))):
       config.eval.net_preset = preset
       recipe = net_eval.recipes(config)['convnet']
       self.assertEqual(
