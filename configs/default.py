@@ -140,6 +140,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.nets = ('linear',)
   # The networks' recipe: a preset below, named in every row it produces.
   config.eval.net_preset = 'paper'
+  kernel = dict(width=128, depth=3, norm='none', mlp_width=128, mlp_depth=2,
+                epochs=1, full_data_epochs=50, batch_size=256,
+                learning_rate=1e-4, momentum=0.0, weight_decay=0.0, seeds=5,
+                augment='crop_scale_rotate_cutout', optimizer='adam',
+                loss='mse', steps=2000, steps_one_per_class=1000,
+                warmup_steps=500)
   config.eval.net_presets = ml_collections.ConfigDict({
       # DC/DSA: ConvNet-3 of width 128 with instance norm, 1000 epochs of
       # SGD with DSA augmentation ('auto': all transforms, without flip for
@@ -159,22 +165,10 @@ def get_config() -> ml_collections.ConfigDict:
       # warm-up steps and cosine decay, the squared loss on the targets,
       # 2000 steps (1000 at one image per class), no weight decay, 5
       # networks (docs/evaluation.md says where it differs).
-      'kernel': dict(width=128, depth=3, norm='none', mlp_width=128,
-                     mlp_depth=2, epochs=1, full_data_epochs=50,
-                     batch_size=256, learning_rate=1e-4, momentum=0.0,
-                     weight_decay=0.0, seeds=5,
-                     augment='crop_scale_rotate_cutout', optimizer='adam',
-                     loss='mse', steps=2000, steps_one_per_class=1000,
-                     warmup_steps=500),
+      'kernel': kernel,
       # The same protocol for 2 CPU cores: width 32, all the steps (at
       # this rate fewer leave the networks far from trained).
-      'kernel_cpu': dict(width=32, depth=3, norm='none', mlp_width=128,
-                         mlp_depth=2, epochs=1, full_data_epochs=2,
-                         batch_size=256, learning_rate=1e-4, momentum=0.0,
-                         weight_decay=0.0, seeds=5,
-                         augment='crop_scale_rotate_cutout', optimizer='adam',
-                         loss='mse', steps=2000, steps_one_per_class=1000,
-                         warmup_steps=500),
+      'kernel_cpu': {**kernel, 'width': 32, 'full_data_epochs': 2},
   })
   # Set, any of these replaces the preset's value (and the rows' recipe
   # name lists it): net_width, net_depth, net_norm (instance | none), the
