@@ -115,8 +115,10 @@ def get_config() -> ml_collections.ConfigDict:
   # compilation takes longer), instead of while loops.
   config.inner.cg_unroll = False
   # A step whose inner solve ends above tol (maxiter reached, or no progress
-  # in float32) is counted (inner_unconverged) and warned about once; with
-  # strict, it stops the run instead.
+  # in float32) is counted (inner_unconverged) and warned about once, and so
+  # is one whose implicit CG ends above implicit_tol where the model counts
+  # it (implicit_unconverged: the linearized model); with strict, it stops
+  # the run instead.
   config.inner.strict = False
 
   config.optimizer = ml_collections.ConfigDict()

@@ -238,17 +238,17 @@ class Distiller:
         jax.random.PRNGKey(self.config.seed), _NETS_STREAM))
 
   def fit_inner(self, params: dict[str, jax.Array], init: Any = None,
-                context: Any = None,
-                augment_key: jax.Array | None = None) -> inner.InnerResult:
+                context: Any = None, augment_key: jax.Array | None = None,
+                probe: jax.Array | None = None) -> inner.InnerResult:
     """Fits the inner model on the distilled set given by `params`, in
     `context` (None: the fixed one of validation). With `augment_key`, on
     the images transformed by `self.transforms`, drawn from
-    fold_in(augment_key, member index)."""
+    fold_in(augment_key, member index). `probe`: see InnerModel.fit."""
     if context is None:
       context = self.eval_context()
     transform = lambda images, i: self._augment(images, augment_key, i)
     return self.inner_model.fit(context, self.hyperparams(params), init,
-                                transform)
+                                transform, probe)
 
   def _augment(self, images: jax.Array, key: jax.Array | None,
                index: int) -> jax.Array:
@@ -303,12 +303,12 @@ class Distiller:
     if context is None:
       context = self.eval_context()
 
-    def inner_solution(params):
-      result = self.fit_inner(params, init, context, augment_key)
+    def inner_solution(params, probe):
+      result = self.fit_inner(params, init, context, augment_key, probe)
       return result.params, (result.iterations, result.error)
 
     inner_params, pullback, (iterations, error) = jax.vjp(
-        inner_solution, params, has_aux=True)
+        inner_solution, params, jnp.zeros((), jnp.float32), has_aux=True)
     log_temperature = params.get('log_temperature')
     (loss_sum, correct), (dparams, dtemperature) = jax.value_and_grad(
         self._batch_loss, argnums=(0, 1), has_aux=True)(
@@ -316,7 +316,8 @@ class Distiller:
     count = jnp.sum(batch['mask'])
     loss_sum, correct, count, dparams, dtemperature = jax.lax.psum(
         (loss_sum, correct, count, dparams, dtemperature), parallel.AXIS)
-    (grads,) = pullback(jax.tree.map(lambda g: g / count, dparams))
+    grads, implicit_unconverged = pullback(
+        jax.tree.map(lambda g: g / count, dparams))
     if log_temperature is not None:  # The inner solution ignores it.
       grads = {**grads, 'log_temperature': dtemperature / count}
     iterations, error = jnp.max(iterations), jnp.max(error)  # Over nets.
@@ -330,6 +331,9 @@ class Distiller:
         'inner_unconverged': error > self.config.inner.tol,
         'l2reg': self.hyperparams(params)[0],
     }
+    if self.inner_model.counts_implicit_solves:
+      # Its implicit-gradient solves that stopped above their tolerance.
+      metrics['implicit_unconverged'] = implicit_unconverged > 0.5
     return grads, metrics, inner_params
 
   def train_step(self, state: OuterState,

@@ -98,13 +98,23 @@ class TrainMetrics(clu_metrics.Collection):
   l2reg: clu_metrics.LastValue.from_output('last_l2reg')
 
 
+# TrainMetrics of an inner model that counts its implicit solves (CLU reads
+# a collection's own annotations only, so not a subclass).
+CountedImplicitTrainMetrics = clu_metrics.Collection.create(
+    **TrainMetrics.__annotations__,
+    implicit_unconverged=_Count.from_output('implicit_unconverged'))
+
+
 def _pmapped_train_steps(distiller: outer.Distiller, num_steps: int):
   """`distiller.train_steps` under `parallel.pmap`, returning the per-step
   metrics (for the checks) and their `TrainMetrics`, built on the device."""
+  collection = (CountedImplicitTrainMetrics
+                if distiller.inner_model.counts_implicit_solves
+                else TrainMetrics)
 
   def steps(state, shard):
     state, per_step = distiller.train_steps(state, shard, num_steps=num_steps)
-    summary = TrainMetrics.single_from_model_output(
+    summary = collection.single_from_model_output(
         **per_step, last_inner_error=per_step['inner_error'][-1:],
         last_l2reg=per_step['l2reg'][-1:])
     return state, (per_step, summary)
@@ -115,17 +125,18 @@ def _pmapped_train_steps(distiller: outer.Distiller, num_steps: int):
 class _StepChecks:
   """Checks each dispatch's per-step metrics before its state is used.
 
-  A non-finite loss or hypergradient stops the run. An inner solve that ended
-  above its tolerance makes the implicit gradient inexact: the first one is
-  warned about, all are counted (`inner_unconverged`), and with
-  config.inner.strict the run stops.
+  A non-finite loss or hypergradient stops the run. An inner solve, or an
+  implicit-gradient solve where the model counts them, that ended above its
+  tolerance makes the hypergradient inexact: the first one of each is
+  warned about, all are counted (`inner_unconverged`,
+  `implicit_unconverged`), and with config.inner.strict the run stops.
   """
 
   def __init__(self, config: ml_collections.ConfigDict,
                checkpoints: checkpointing.Checkpoints):
     self._inner = config.inner
     self._checkpoints = checkpoints
-    self._warned = False
+    self._warned = set()
 
   def __call__(self, metrics: dict[str, np.ndarray], first_step: int) -> None:
     bad = ~(np.isfinite(metrics['loss']) & np.isfinite(metrics['grad_norm']))
@@ -133,21 +144,33 @@ class _StepChecks:
       raise _diverged('the outer loss or hypergradient is not finite',
                       first_step + int(np.argmax(bad)), self._checkpoints)
     unconverged = metrics['inner_unconverged']
-    if unconverged.any() and (self._inner.strict or not self._warned):
+    if unconverged.any():
       i = int(np.argmax(unconverged))
-      message = (
+      self._flag('inner_unconverged', (
           f'the inner solve of step {first_step + i} stopped at error '
           f'{metrics["inner_error"][i]:.3g} > config.inner.tol='
           f'{self._inner.tol:g} after {metrics["inner_iterations"][i]} '
           'iterations, so its hypergradient is inexact. Raise '
-          'config.inner.maxiter or config.inner.tol, or raise the l2reg')
-      if self._inner.strict:
-        raise errors.DivergedError(
-            message + '; config.inner.strict=True stopped the run before '
-            'saving this step.')
-      logging.warning('%s (counted as inner_unconverged; warned once).',
-                      message)
-      self._warned = True
+          'config.inner.maxiter or config.inner.tol, or raise the l2reg'))
+    implicit = metrics.get('implicit_unconverged')
+    if implicit is not None and implicit.any():
+      self._flag('implicit_unconverged', (
+          'the implicit-gradient CG of step '
+          f'{first_step + int(np.argmax(implicit))} stopped above '
+          f'config.inner.implicit_tol={self._inner.implicit_tol:g} (of its '
+          'right-hand side\'s norm) after config.inner.implicit_maxiter='
+          f'{self._inner.implicit_maxiter} steps, so its hypergradient is '
+          'inexact. Raise config.inner.implicit_maxiter or '
+          'config.inner.implicit_tol, or raise config.model.body_l2reg'))
+
+  def _flag(self, counter: str, message: str) -> None:
+    if self._inner.strict:
+      raise errors.DivergedError(
+          message + '; config.inner.strict=True stopped the run before '
+          'saving this step.')
+    if counter not in self._warned:
+      logging.warning('%s (counted as %s; warned once).', message, counter)
+      self._warned.add(counter)
 
 
 def _check_finite(state: outer.OuterState, validation_loss: float,

@@ -100,22 +100,28 @@ class LinearizedTest(parameterized.TestCase):
       flat, unravel = jax.flatten_util.ravel_pytree(b)
       matvec = lambda x: unravel(a @ jax.flatten_util.ravel_pytree(x)[0])
       x0 = jax.tree.map(jnp.zeros_like, b)
-      looped, steps = jax.jit(lambda b: linearized.conjugate_gradients(
-          matvec, b, x0, 1e-10, 100))(b)
-      unrolled, unrolled_steps = jax.jit(
+      looped, steps, residual = jax.jit(
+          lambda b: linearized.conjugate_gradients(
+              matvec, b, x0, 1e-10, 100))(b)
+      unrolled, unrolled_steps, _ = jax.jit(
           lambda b: linearized.conjugate_gradients(
               matvec, b, x0, 1e-10, 40, unroll=True))(b)
       expected = np.linalg.solve(a, flat)
       for x in (looped, unrolled):
         np.testing.assert_allclose(jax.flatten_util.ravel_pytree(x)[0],
                                    expected, rtol=1e-8)
+      self.assertLessEqual(float(residual), 1e-10)
       # The unrolled steps after convergence do nothing and are not counted.
       self.assertEqual(int(steps), int(unrolled_steps))
       self.assertLess(int(steps), 40)
-      # Stopped early: the steps taken, and the residual left.
-      _, few = linearized.conjugate_gradients(matvec, b, x0, 1e-10, 3,
-                                              unroll=True)
+      # Stopped early: the steps taken, and the residual left, which is the
+      # true one (up to rounding).
+      x, few, left = linearized.conjugate_gradients(matvec, b, x0, 1e-10, 3,
+                                                    unroll=True)
       self.assertEqual(int(few), 3)
+      true = np.linalg.norm(flat - a @ jax.flatten_util.ravel_pytree(x)[0])
+      np.testing.assert_allclose(float(left), true, rtol=1e-6)
+      self.assertGreater(float(left), 1e-10)
 
   @parameterized.parameters('conv', 'mlp')
   def test_linearization_is_the_network_and_its_derivative(self, features):
@@ -232,6 +238,32 @@ class LinearizedTest(parameterized.TestCase):
             2 * eps)
         analytic = sum(float(jnp.sum(grads[n] * v[n])) for n in params)
         np.testing.assert_allclose(analytic, numeric, rtol=1e-5)
+
+  def test_unconverged_implicit_solves_are_counted(self):
+    # One CG step on the implicit system cannot reach a residual of 1e-12
+    # of its right-hand side (the body has many parameters); 200 can, at
+    # float64.
+    counts, hypergrads = [], []
+    for maxiter, tol in ((1, 1e-12), (200, 1e-6)):
+      config = _config('mlp', nets_per_step=2)
+      config.inner.implicit_maxiter = maxiter
+      config.inner.implicit_tol = tol
+      train = _train_split(config, 40)
+      with jax.enable_x64(True):
+        distiller = outer.Distiller(config)
+        self.assertTrue(distiller.inner_model.counts_implicit_solves)
+        params = _to64(distiller.init_state(jax.random.PRNGKey(0)).params)
+        shard = _to64(parallel.shard_split(train, 1))
+        context = _to64(distiller.inner_model.eval_context(
+            jax.random.PRNGKey(3)))
+        grads, metrics, _ = _pmap_on(1, lambda p, b, c=context, d=distiller: (
+            d.loss_and_hypergradient(p, b, None, c)))(params, shard)
+      counts.append(bool(metrics['implicit_unconverged']))
+      hypergrads.append(grads)
+    self.assertEqual(counts, [True, False])
+    # The truncated solve's hypergradient is another one.
+    self.assertFalse(np.allclose(hypergrads[0]['images'],
+                                 hypergrads[1]['images']))
 
   def test_four_devices_equal_one_and_resume_is_exact(self):
     if jax.local_device_count() < 4:

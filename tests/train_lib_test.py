@@ -228,6 +228,32 @@ class TrainLibTest(absltest.TestCase):
       train_lib.train_and_evaluate(config, strict_dir)
     self.assertEmpty(_steps(strict_dir))
 
+  def test_unconverged_implicit_solves_are_counted_warned_and_strict_stops(
+      self):
+    config = test_config.get_config()
+    config.model.update(features='mlp', width=8, depth=1, linearize=True,
+                        activation='softplus', body_l2reg=0.05)
+    config.inner.loss = 'squared'
+    # One CG step cannot solve the implicit system to 1e-9 of its norm.
+    config.inner.implicit_maxiter = 1
+    config.inner.implicit_tol = 1e-9
+    workdir = self.create_tempdir().full_path
+    with self.assertLogs(level='WARNING') as logs:
+      train_lib.train_and_evaluate(config, workdir)
+    warnings = [r for r in logs.output if 'config.inner.implicit_tol' in r]
+    self.assertLen(warnings, 1)
+    self.assertIn('implicit-gradient CG of step 0 stopped', warnings[0])
+    self.assertEqual(_scalars(workdir)['implicit_unconverged'],
+                     [float(config.log_every_steps)] * (
+                         config.num_steps // config.log_every_steps))
+
+    config.inner.strict = True
+    strict_dir = self.create_tempdir().full_path
+    with self.assertRaisesRegex(errors.DivergedError,
+                                'step 0 .*config.inner.strict=True'):
+      train_lib.train_and_evaluate(config, strict_dir)
+    self.assertEmpty(_steps(strict_dir))
+
   def test_bad_loop_config(self):
     workdir = self.create_tempdir().full_path
     for field, value, message in (

@@ -44,6 +44,9 @@ class InnerModel(abc.ABC):
   initial_params: Params
   # Whether the fit is a linear head on features (`linear_context`).
   linear_head: bool = False
+  # Whether `fit` counts its implicit-gradient solves that ended above their
+  # tolerance through `probe` (see `fit`).
+  counts_implicit_solves: bool = False
 
   def init_state(self, key: jax.Array) -> dict[str, Any]:
     """What the outer state carries for the model (a pool of networks);
@@ -64,9 +67,16 @@ class InnerModel(abc.ABC):
 
   @abc.abstractmethod
   def fit(self, context: Any, hyper: Hyper, init: Params | None = None,
-          transform: Transform = identity) -> inner.InnerResult:
+          transform: Transform = identity,
+          probe: jax.Array | None = None) -> inner.InnerResult:
     """The inner solution on the distilled set, from `init` (None: the
-    model's own start), differentiable in `hyper`."""
+    model's own start), differentiable in `hyper`.
+
+    probe: a zero scalar. A model that `counts_implicit_solves` makes its
+    cotangent in the backward pass the number of implicit-gradient solves
+    that ended above their tolerance (a backward pass returns nothing else);
+    the others ignore it.
+    """
 
   @abc.abstractmethod
   def logits(self, context: Any, params: Params,

@@ -75,8 +75,9 @@ class FeatureHead(base.InnerModel):
     """
     return jnp.stack([self.feature_map(net, images) for net in context])
 
-  def fit(self, context, hyper, init=None,
-          transform=base.identity) -> inner.InnerResult:
+  def fit(self, context, hyper, init=None, transform=base.identity,
+          probe=None) -> inner.InnerResult:
+    del probe  # Newton's factorization is exact; jaxopt's CG is not counted.
     l2reg, images, targets = hyper
     # One solve per net, not a vmap: batched LAPACK calls on CPU can
     # deadlock a small thread pool (see linalg._unstacked).

@@ -27,9 +27,10 @@ config.inner.tol. The hypergradient is the implicit function theorem on
 grad F(delta*) = 0 (`jaxopt.implicit_diff.custom_root`, its system solved
 by CG: config.inner.implicit_maxiter steps or a residual of implicit_tol
 times the right-hand side's; the Hessian is symmetric positive definite),
-plus the direct term through W's closed form. config.inner.cg_unroll writes
-both CG loops out step by step (for XLA's CPU backend: see
-`conjugate_gradients`).
+plus the direct term through W's closed form. The implicit solves that stop
+above that residual are counted (`fit`'s probe; `implicit_unconverged`).
+config.inner.cg_unroll writes both CG loops out step by step (for XLA's CPU
+backend: see `conjugate_gradients`).
 
 Base networks: each step's `nets_per_step` fresh random ones, or the pool's
 members (`pool.py`) whose turn it is, trained on the distilled set. Their
@@ -69,9 +70,10 @@ def _vdot(a: Any, b: Any) -> jax.Array:
 
 def conjugate_gradients(matvec: Callable[[Any], Any], b: Any, x0: Any,
                         tol: float, maxiter: int, unroll: bool = False
-                        ) -> tuple[Any, jax.Array]:
+                        ) -> tuple[Any, jax.Array, jax.Array]:
   """Solves matvec(x) = b (symmetric positive definite) from x0 until the
-  residual's norm is at most `tol` or `maxiter` steps; (x, steps taken).
+  residual's norm is at most `tol` or `maxiter` steps; (x, steps taken,
+  the residual's norm as CG's recursion tracks it).
 
   unroll: all maxiter steps as straight-line code, each a no-op once the
   residual is small enough, instead of a while loop; XLA's CPU backend runs
@@ -102,7 +104,7 @@ def conjugate_gradients(matvec: Callable[[Any], Any], b: Any, x0: Any,
   else:
     carry = jax.lax.while_loop(
         lambda c: (c[3] > tol**2) & (c[4] < maxiter), body, carry)
-  return carry[0], carry[4]
+  return carry[0], carry[4], jnp.sqrt(carry[3])
 
 
 class Linearized(base.InnerModel):
@@ -110,6 +112,7 @@ class Linearized(base.InnerModel):
   {'kernel': W (num_features, num_classes), 'delta': the body's offset}."""
 
   name = 'linearized'
+  counts_implicit_solves = True
 
   def __init__(self, config: ml_collections.ConfigDict,
                info: input_pipeline.DatasetInfo):
@@ -149,15 +152,16 @@ class Linearized(base.InnerModel):
     implicit_maxiter = inner_config.implicit_maxiter
 
     def implicit_solve(matvec, b):
-      """CG on the implicit system, to a residual of implicit_tol ||b||."""
+      """CG on the implicit system, to a residual of implicit_tol ||b||;
+      an unconverged solve subtracts 1 from the probe's slot (`_optimality`)."""
       x0 = jax.tree.map(jnp.zeros_like, b)
       tol = implicit_tol * jnp.sqrt(_vdot(b, b))
-      return conjugate_gradients(matvec, b, x0, tol, implicit_maxiter,
-                                 self.unroll)[0]
+      (delta, slot), _, residual = conjugate_gradients(
+          matvec, b, x0, tol, implicit_maxiter, self.unroll)
+      return delta, slot - (residual > tol).astype(slot.dtype)
 
     self._solve_delta = jaxopt.implicit_diff.custom_root(
-        jax.grad(self._objective), has_aux=True,
-        solve=implicit_solve)(self._minimize)
+        self._optimality, has_aux=True, solve=implicit_solve)(self._minimize)
     body = jax.eval_shape(self.feature_map.init, _KEY)
     self.initial_params = {
         'kernel': np.zeros((self.feature_map.num_features, info.num_classes),
@@ -205,30 +209,46 @@ class Linearized(base.InnerModel):
           gram, residual, assume_a='pos'))
     return data + 0.5 * self.body_l2reg * _vdot(delta, delta)
 
-  def _minimize(self, init, l2reg, images, targets, member):
-    """CG on the quadratic F from `init`; (delta, (steps, ||grad F||))."""
+  def _optimality(self, solution, probe, l2reg, images, targets, member):
+    """grad F(delta) = 0, and slot = probe for the probe's slot.
+
+    The slot's block of the implicit system is the identity and its
+    cotangent zero, so its exact solution is 0 and it changes nothing else;
+    the probe's cotangent is minus what `implicit_solve` returns for it, so
+    1 per unconverged solve (the only way out of a backward pass).
+    """
+    delta, slot = solution
+    return (jax.grad(self._objective)(delta, l2reg, images, targets, member),
+            slot - probe)
+
+  def _minimize(self, init, probe, l2reg, images, targets, member):
+    """CG on the quadratic F from `init`'s delta; ((delta, probe), (steps,
+    ||grad F||))."""
+    init = init[0]
     phi, tangent = self._linearize(member, images)
     grad = jax.grad(lambda d: self._reduced(d, l2reg, phi, tangent, targets))
     hvp = lambda v: jax.jvp(grad, (init,), (v,))[1]
     # F is quadratic: grad F(d) = H d - b with b = -grad F(0).
     zero = jax.tree.map(jnp.zeros_like, init)
     b = jax.tree.map(jnp.negative, grad(zero))
-    delta, steps = conjugate_gradients(hvp, b, init, self.tol, self.maxiter,
-                                       self.unroll)
+    delta, steps, _ = conjugate_gradients(hvp, b, init, self.tol,
+                                          self.maxiter, self.unroll)
     error = jnp.sqrt(_vdot(grad(delta), grad(delta)))
-    return delta, (steps, error)
+    return (delta, probe), (steps, error)
 
-  def fit(self, context, hyper, init=None,
-          transform=base.identity) -> inner.InnerResult:
+  def fit(self, context, hyper, init=None, transform=base.identity,
+          probe=None) -> inner.InnerResult:
     l2reg, images, targets = hyper
+    probe = jnp.zeros((), images.dtype) if probe is None else probe.astype(
+        images.dtype)
     results = []
     for i, member in enumerate(context):
       x = transform(images, i)
       start = jax.tree.map(lambda p: jnp.zeros(p.shape, x.dtype),
                            self.initial_params['delta'])
       member = jax.tree.map(lambda p: jnp.asarray(p, x.dtype), member)
-      delta, (steps, error) = self._solve_delta(start, l2reg, x, targets,
-                                                member)
+      (delta, _), (steps, error) = self._solve_delta(
+          (start, probe), probe, l2reg, x, targets, member)
       phi, tangent = self._linearize(member, x)
       kernel = inner.ridge_weights(l2reg, phi, targets - tangent(delta))
       results.append(inner.InnerResult({'kernel': kernel, 'delta': delta},

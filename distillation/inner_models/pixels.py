@@ -46,8 +46,9 @@ class Pixels(base.InnerModel):
     del context
     return images[None]
 
-  def fit(self, context, hyper, init=None,
-          transform=base.identity) -> inner.InnerResult:
+  def fit(self, context, hyper, init=None, transform=base.identity,
+          probe=None) -> inner.InnerResult:
+    del probe  # Newton's factorization is exact; jaxopt's CG is not counted.
     del context
     l2reg, images, targets = hyper
     init = self.initial_params if init is None else init
