@@ -9,6 +9,7 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 import scipy.special
 
 from configs import test as test_config
@@ -60,10 +61,10 @@ def _to64(tree):
       else x, tree)
 
 
-def _dense_solution(model, member, l2reg, images, targets):
-  """argmin over (W, delta) of the inner loss by least squares on the
-  explicit Jacobian (NumPy): rows [phi, J a0] against the targets, stacked
-  with the square roots of the penalties."""
+def _dense_rows(model, member, images):
+  """The linearized logits as an explicit linear map (NumPy): rows (k * K,
+  p * K + d) on the unknowns vec(W) (row-major) then delta, from the
+  explicit Jacobian J; the logit of image i, class c is row i * K + c."""
   body, kernel = member['features'], np.asarray(member['kernel'])
   flat, unravel = jax.flatten_util.ravel_pytree(body)
   phi = np.asarray(model.feature_map(body, images))
@@ -71,15 +72,46 @@ def _dense_solution(model, member, l2reg, images, targets):
       flat))  # (k, p, d): k distilled images only, so no jit is needed.
   k, p = phi.shape
   num_classes, d = kernel.shape[1], flat.size
-  # Unknowns: vec(W) (p * K, row-major) then delta (d).
   rows = np.zeros((k * num_classes, p * num_classes + d))
   for c in range(num_classes):
     rows[c::num_classes, c:p * num_classes:num_classes] = phi
     rows[c::num_classes, p * num_classes:] = np.einsum('kpd,p->kd', jac,
                                                        kernel[:, c])
-  penalty = np.sqrt(k) * np.diag(np.concatenate([
-      np.full(p * num_classes, np.sqrt(l2reg)),
-      np.full(d, np.sqrt(model.body_l2reg))]))
+  return rows, (k, p, num_classes, d), (flat, unravel)
+
+
+def _penalties(model, l2reg, p, num_classes, d):
+  return np.concatenate([np.full(p * num_classes, l2reg),
+                         np.full(d, model.body_l2reg)])
+
+
+def _dense_logistic_solution(model, member, l2reg, images, targets):
+  """argmin over (W, delta) of the logistic head's inner loss by Newton's
+  method on the explicit linear map (NumPy, to machine precision)."""
+  rows, (k, p, num_classes, d), ravel = _dense_rows(model, member, images)
+  penalty = _penalties(model, l2reg, p, num_classes, d)
+  y = np.asarray(targets)
+  x = np.zeros(rows.shape[1])
+  for _ in range(50):
+    probs = scipy.special.softmax((rows @ x).reshape(k, num_classes), -1)
+    grad = rows.T @ (probs - y).reshape(-1) / k + penalty * x
+    # The softmax's Hessian per image: diag(s) - s s^T.
+    blocks = [np.diag(s) - np.outer(s, s) for s in probs]
+    hessian = rows.T @ scipy.linalg.block_diag(*blocks) @ rows / k + np.diag(
+        penalty)
+    x -= np.linalg.solve(hessian, grad)
+  return x[:p * num_classes].reshape(p, num_classes), x[p * num_classes:], (
+      ravel)
+
+
+def _dense_solution(model, member, l2reg, images, targets):
+  """argmin over (W, delta) of the inner loss by least squares on the
+  explicit linear map: rows [phi, J a0] against the targets, stacked
+  with the square roots of the penalties."""
+  rows, (k, p, num_classes, d), (flat, unravel) = _dense_rows(model, member,
+                                                              images)
+  penalty = np.sqrt(k) * np.diag(np.sqrt(_penalties(model, l2reg, p,
+                                                    num_classes, d)))
   # mean_i ||.||^2 / 2 = ||rows x - y||^2 / (2k): scale the penalty by k.
   a = np.concatenate([rows, penalty])
   y = np.concatenate([np.asarray(targets).reshape(-1),
@@ -175,12 +207,19 @@ class LinearizedTest(parameterized.TestCase):
           lambda d: d[0], result.params['delta']))[0]
       np.testing.assert_allclose(got, delta, rtol=1e-6, atol=1e-9)
 
-  @parameterized.named_parameters(('conv', 'conv', False),
-                                  ('mlp_pool', 'mlp', True))
-  def test_hypergradient_matches_finite_differences(self, features, pool):
+  @parameterized.named_parameters(('conv', 'conv', False, 'squared'),
+                                  ('mlp_pool', 'mlp', True, 'squared'),
+                                  ('mlp_logistic', 'mlp', False, 'logistic'))
+  def test_hypergradient_matches_finite_differences(self, features, pool,
+                                                    loss):
     # Two base networks from the pool, one random ConvNet (its compile is
     # the test's cost).
     config = _config(features, pool=pool, nets_per_step=2 if pool else 1)
+    config.inner.loss = loss
+    if loss == 'logistic':
+      config.inner.solver, config.inner.implicit_solve = 'lbfgs', 'cg'
+    dense_solution = {'squared': _dense_solution,
+                      'logistic': _dense_logistic_solution}[loss]
     train = _train_split(config, 61)
     with jax.enable_x64(True):
       distiller = outer.Distiller(config)
@@ -217,7 +256,7 @@ class LinearizedTest(parameterized.TestCase):
                                   distiller.hyperparams(params))
         total = 0.0
         for member, (phi, jac) in zip(context, on_real):
-          kernel, delta, _ = _dense_solution(
+          kernel, delta, _ = dense_solution(
               model, member, float(l2reg), jnp.asarray(images), targets)
           logits = phi @ kernel + np.einsum('npd,d,pc->nc', jac, delta,
                                             np.asarray(member['kernel']))
@@ -302,7 +341,9 @@ class LinearizedTest(parameterized.TestCase):
     np.testing.assert_array_equal(four.pool['age'], halfway.pool['age'])
 
   @parameterized.named_parameters(
-      ('loss', dict(loss='logistic'), "^config.inner.loss='logistic' does"),
+      ('loss', dict(loss='hinge'), "^config.inner.loss='hinge' is unknown"),
+      ('logistic_newton', dict(loss='logistic', solver='newton'),
+       "^config.inner.solver='newton' does not fit config.inner.loss="),
       ('body_l2reg', dict(body_l2reg=0.0), '^config.model.body_l2reg=0.0'),
       ('activation', dict(activation='tanh'), "^config.model.activation="),
       ('pixels', dict(features='pixels'), '^config.model.linearize=True'),

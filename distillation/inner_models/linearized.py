@@ -35,11 +35,18 @@ backend: see `conjugate_gradients`).
 Base networks: each step's `nets_per_step` fresh random ones, or the pool's
 members (`pool.py`) whose turn it is, trained on the distilled set. Their
 heads start at random, not zero, so that the logits depend on the body from
-the first step. The head's loss is the squared one only (the KRR head of
-KIP, FRePo and RCIG).
+the first step.
+
+The head's loss: squared (the KRR head of KIP, FRePo and RCIG), as above; or
+logistic (the seed's), whose inner loss, the cross-entropy of f with the same
+penalties, is still convex in (W, delta) but has no closed form in W: both
+are fit jointly by config.inner.solver (jaxopt's gradient_descent or lbfgs,
+to config.inner.tol) and differentiated by jaxopt's implicit rule with
+config.inner.implicit_solve, as the head on features is.
 """
 
 from collections.abc import Callable
+import functools
 from typing import Any
 import warnings
 
@@ -48,6 +55,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg
 import ml_collections
 import numpy as np
+import optax
 
 from distillation import errors
 from distillation import features
@@ -61,6 +69,9 @@ with warnings.catch_warnings():
   import jaxopt  # pylint: disable=g-import-not-at-top
 
 _KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
+# The jaxopt solvers of the logistic head, fit jointly with the body offset.
+_JOINT_SOLVERS = {'gradient_descent': jaxopt.GradientDescent,
+                  'lbfgs': jaxopt.LBFGS}
 
 
 def _vdot(a: Any, b: Any) -> jax.Array:
@@ -112,18 +123,25 @@ class Linearized(base.InnerModel):
   {'kernel': W (num_features, num_classes), 'delta': the body's offset}."""
 
   name = 'linearized'
-  counts_implicit_solves = True
 
   def __init__(self, config: ml_collections.ConfigDict,
                info: input_pipeline.DatasetInfo):
     model_config, inner_config = config.model, config.inner
     self.feature_map = features.FeatureMap(model_config, info.image_shape)
     self.num_classes = info.num_classes
-    if inner_config.get('loss', 'logistic') != 'squared':
+    self.loss = inner_config.get('loss', 'logistic')
+    if self.loss not in ('squared', 'logistic'):
       raise errors.UserError(
-          f"config.inner.loss={inner_config.get('loss', 'logistic')!r} does "
-          'not fit config.model.linearize=True, whose head has the closed '
-          "form of the squared loss; set config.inner.loss='squared'.")
+          f'config.inner.loss={self.loss!r} is unknown; use squared or '
+          'logistic.')
+    if self.loss == 'logistic' and inner_config.solver not in _JOINT_SOLVERS:
+      raise errors.UserError(
+          f'config.inner.solver={inner_config.solver!r} does not fit '
+          "config.inner.loss='logistic' with config.model.linearize=True, "
+          'whose head and body offset are fit jointly by a jaxopt solver; '
+          f"set config.inner.solver to one of {', '.join(_JOINT_SOLVERS)}.")
+    # Only the squared loss's own CG reports its implicit solves (`fit`).
+    self.counts_implicit_solves = self.loss == 'squared'
     if inner_config.warm_start:
       raise errors.UserError(
           'config.inner.warm_start=True does not fit config.model.linearize='
@@ -162,6 +180,19 @@ class Linearized(base.InnerModel):
 
     self._solve_delta = jaxopt.implicit_diff.custom_root(
         self._optimality, has_aux=True, solve=implicit_solve)(self._minimize)
+    if self.loss == 'logistic':
+      if inner_config.implicit_solve not in inner.IMPLICIT_SOLVES:
+        raise errors.UserError(
+            f'config.inner.implicit_solve={inner_config.implicit_solve!r} '
+            'is unknown for the linearized logistic head; use one of '
+            f'{", ".join(inner.IMPLICIT_SOLVES)}.')
+      solve = inner.IMPLICIT_SOLVES[inner_config.implicit_solve]
+      if inner_config.implicit_solve != 'lu':
+        solve = functools.partial(solve, tol=implicit_tol,
+                                  maxiter=implicit_maxiter)
+      self._joint = _JOINT_SOLVERS[inner_config.solver](
+          fun=self._logistic_objective, tol=self.tol, maxiter=self.maxiter,
+          implicit_diff=True, implicit_diff_solve=solve)
     body = jax.eval_shape(self.feature_map.init, _KEY)
     self.initial_params = {
         'kernel': np.zeros((self.feature_map.num_features, info.num_classes),
@@ -236,6 +267,17 @@ class Linearized(base.InnerModel):
     error = jnp.sqrt(_vdot(grad(delta), grad(delta)))
     return (delta, probe), (steps, error)
 
+  def _logistic_objective(self, params, l2reg, images, targets, member):
+    """The inner loss with the logistic head: cross-entropy of f, with the
+    ridge penalties on W and delta."""
+    phi, tangent = self._linearize(member, images)
+    with jax.default_matmul_precision('highest'):
+      logits = phi @ params['kernel'] + tangent(params['delta'])
+    data = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+    return data + 0.5 * (l2reg * jnp.vdot(params['kernel'], params['kernel'])
+                         + self.body_l2reg * _vdot(params['delta'],
+                                                   params['delta']))
+
   def fit(self, context, hyper, init=None, transform=base.identity,
           probe=None) -> inner.InnerResult:
     l2reg, images, targets = hyper
@@ -247,6 +289,15 @@ class Linearized(base.InnerModel):
       start = jax.tree.map(lambda p: jnp.zeros(p.shape, x.dtype),
                            self.initial_params['delta'])
       member = jax.tree.map(lambda p: jnp.asarray(p, x.dtype), member)
+      if self.loss == 'logistic':
+        # Jointly, from W = 0 and delta = 0 (the base network's body).
+        params, state = self._joint.run(
+            {'kernel': jnp.zeros(self.initial_params['kernel'].shape,
+                                 x.dtype), 'delta': start},
+            l2reg, x, targets, member)
+        results.append(inner.InnerResult(params, state.iter_num,
+                                         state.error))
+        continue
       (delta, _), (steps, error) = self._solve_delta(
           (start, probe), probe, l2reg, x, targets, member)
       phi, tangent = self._linearize(member, x)
