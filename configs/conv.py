@@ -95,7 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if cpu and ipc == 1:
     if dataset == 'digits':
       config.num_steps = 300
-    else:
+    elif dataset != 'mnist':  # MNIST's own tuning kept 0.03.
       config.optimizer.learning_rate = 0.01
   if cpu and ipc == 10 and dataset != 'digits':
     config.num_steps = 3000
