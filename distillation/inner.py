@@ -100,6 +100,23 @@ def init_params(inner_config: ml_collections.ConfigDict,
   return jax.tree.map(lambda p: fill(p.shape, p.dtype), abstract_params)
 
 
+def implicit_diff_solve(inner_config: ml_collections.ConfigDict,
+                        setting: str, maxiter: int | None = None) -> Callable:
+  """The jaxopt solvers' implicit-system solve that
+  config.inner.implicit_solve names, to config.inner.implicit_tol (and
+  `maxiter` steps, None: jaxopt's default); else a UserError naming
+  `setting`, the solver it is for."""
+  name = inner_config.implicit_solve
+  if name not in IMPLICIT_SOLVES:
+    raise errors.UserError(
+        f'config.inner.implicit_solve={name!r} is unknown for {setting}; use '
+        f'one of {", ".join(IMPLICIT_SOLVES)}.')
+  if name == 'lu':
+    return IMPLICIT_SOLVES[name]
+  return functools.partial(IMPLICIT_SOLVES[name],
+                           tol=inner_config.implicit_tol, maxiter=maxiter)
+
+
 def make_solver(
     inner_config: ml_collections.ConfigDict, apply_fn: ApplyFn
 ) -> Callable[[Params, jax.Array, jax.Array, jax.Array], InnerResult]:
@@ -130,15 +147,8 @@ def make_solver(
           f'with the factorization of its own steps; set '
           f'config.inner.implicit_solve={NEWTON_IMPLICIT_SOLVE}.')
     return _newton(inner_config)
-  if name not in IMPLICIT_SOLVES:
-    raise errors.UserError(
-        f'config.inner.implicit_solve={name!r} is unknown for '
-        f'config.inner.solver={solver!r}; use one of '
-        f'{", ".join(IMPLICIT_SOLVES)}.')
-  implicit_solve = IMPLICIT_SOLVES[name]
-  if name != 'lu':
-    implicit_solve = functools.partial(implicit_solve,
-                                       tol=inner_config.implicit_tol)
+  implicit_solve = implicit_diff_solve(
+      inner_config, f'config.inner.solver={solver!r}')
   fun = lambda params, l2reg, images, targets: objective(
       params, l2reg, images, targets, apply_fn=apply_fn)
   jaxopt_solver = {'gradient_descent': jaxopt.GradientDescent,

@@ -344,6 +344,9 @@ class LinearizedTest(parameterized.TestCase):
       ('loss', dict(loss='hinge'), "^config.inner.loss='hinge' is unknown"),
       ('logistic_newton', dict(loss='logistic', solver='newton'),
        "^config.inner.solver='newton' does not fit config.inner.loss="),
+      ('logistic_implicit_solve', dict(loss='logistic', implicit_solve='qr'),
+       "^config.inner.implicit_solve='qr' is unknown for the linearized "
+       'logistic head'),
       ('body_l2reg', dict(body_l2reg=0.0), '^config.model.body_l2reg=0.0'),
       ('activation', dict(activation='tanh'), "^config.model.activation="),
       ('pixels', dict(features='pixels'), '^config.model.linearize=True'),

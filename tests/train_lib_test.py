@@ -208,6 +208,15 @@ class TrainLibTest(absltest.TestCase):
       train_lib.train_and_evaluate(config, workdir)
     self.assertEqual(_steps(workdir), [2])
 
+  def _assert_strict_stops_at_step_0(self, config):
+    """With config.inner.strict, the same run stops before any checkpoint."""
+    config.inner.strict = True
+    strict_dir = self.create_tempdir().full_path
+    with self.assertRaisesRegex(errors.DivergedError,
+                                'step 0 .*config.inner.strict=True'):
+      train_lib.train_and_evaluate(config, strict_dir)
+    self.assertEmpty(_steps(strict_dir))
+
   def test_unconverged_inner_solves_are_counted_warned_and_strict_stops(self):
     config = test_config.get_config()
     config.inner.maxiter = 2  # Gradient descent cannot reach tol 1e-3.
@@ -221,12 +230,7 @@ class TrainLibTest(absltest.TestCase):
     self.assertEqual(scalars['inner_unconverged'], [2.0, 2.0, 2.0])
     self.assertGreater(min(scalars['inner_error']), 1e-3)
 
-    config.inner.strict = True
-    strict_dir = self.create_tempdir().full_path
-    with self.assertRaisesRegex(errors.DivergedError,
-                                'step 0 .*config.inner.strict=True'):
-      train_lib.train_and_evaluate(config, strict_dir)
-    self.assertEmpty(_steps(strict_dir))
+    self._assert_strict_stops_at_step_0(config)
 
   def test_unconverged_implicit_solves_are_counted_warned_and_strict_stops(
       self):
@@ -247,12 +251,7 @@ class TrainLibTest(absltest.TestCase):
                      [float(config.log_every_steps)] * (
                          config.num_steps // config.log_every_steps))
 
-    config.inner.strict = True
-    strict_dir = self.create_tempdir().full_path
-    with self.assertRaisesRegex(errors.DivergedError,
-                                'step 0 .*config.inner.strict=True'):
-      train_lib.train_and_evaluate(config, strict_dir)
-    self.assertEmpty(_steps(strict_dir))
+    self._assert_strict_stops_at_step_0(config)
 
   def test_bad_loop_config(self):
     workdir = self.create_tempdir().full_path

@@ -46,7 +46,6 @@ config.inner.implicit_solve, as the head on features is.
 """
 
 from collections.abc import Callable
-import functools
 from typing import Any
 import warnings
 
@@ -181,15 +180,8 @@ class Linearized(base.InnerModel):
     self._solve_delta = jaxopt.implicit_diff.custom_root(
         self._optimality, has_aux=True, solve=implicit_solve)(self._minimize)
     if self.loss == 'logistic':
-      if inner_config.implicit_solve not in inner.IMPLICIT_SOLVES:
-        raise errors.UserError(
-            f'config.inner.implicit_solve={inner_config.implicit_solve!r} '
-            'is unknown for the linearized logistic head; use one of '
-            f'{", ".join(inner.IMPLICIT_SOLVES)}.')
-      solve = inner.IMPLICIT_SOLVES[inner_config.implicit_solve]
-      if inner_config.implicit_solve != 'lu':
-        solve = functools.partial(solve, tol=implicit_tol,
-                                  maxiter=implicit_maxiter)
+      solve = inner.implicit_diff_solve(
+          inner_config, 'the linearized logistic head', implicit_maxiter)
       self._joint = _JOINT_SOLVERS[inner_config.solver](
           fun=self._logistic_objective, tol=self.tol, maxiter=self.maxiter,
           implicit_diff=True, implicit_diff_solve=solve)
