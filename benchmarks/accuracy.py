@@ -123,7 +123,9 @@ def full_data_costs(rows: list[dict]) -> set[str]:
 
 
 def table(rows: list[dict]) -> str:
-  commits = ', '.join(dict.fromkeys(r.get('commit', '?') for r in rows))
+  # A row joined from several evaluations names each of their commits.
+  commits = ', '.join(dict.fromkeys(
+      c for r in rows for c in r.get('commit', '?').split(', ')))
   machine = (f'{platform.processor() or platform.machine()}, '
              f'{os.cpu_count()} CPUs; jax {metadata.version("jax")}; commit '
              f'{commits}')
