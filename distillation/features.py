@@ -7,7 +7,8 @@
   pool]), flattened;
 * mlp: `depth` hidden ReLU layers of `width`.
 `config.model.activation` may replace ReLU by softplus (the linearized
-inner model's choice, `inner_models/linearized.py`).
+inner model's choice, `inner_models/linearized.py`), softplus(beta x) / beta
+with beta `config.model.softplus_beta`.
 
 The networks are random (RFAD): each outer step draws
 `config.model.nets_per_step` of them with Flax's default initialization, and
@@ -36,11 +37,12 @@ class ConvFeatures(nn.Module):
   depth: int
   norm: str
   activation: str = 'relu'
+  beta: float = 1.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = networks.conv_blocks(x, self.width, self.depth, self.norm,
-                             self.activation)
+                             self.activation, self.beta)
     return x.reshape((x.shape[0], -1))
 
 
@@ -48,10 +50,12 @@ class MLPFeatures(nn.Module):
   width: int
   depth: int
   activation: str = 'relu'
+  beta: float = 1.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return networks.mlp_layers(x, self.width, self.depth, self.activation)
+    return networks.mlp_layers(x, self.width, self.depth, self.activation,
+                               self.beta)
 
 
 class FeatureMap:
@@ -69,16 +73,21 @@ class FeatureMap:
       raise errors.UserError(
           f'config.model.activation={activation!r} is unknown; use one of '
           f'{", ".join(networks.ACTIVATIONS)}.')
+    # Older checkpoints' configs have no softplus_beta: softplus itself.
+    beta = model_config.get('softplus_beta', 1.0)
+    if not 0 < beta < float('inf'):
+      raise errors.UserError(
+          f'config.model.softplus_beta={beta} must be positive and finite.')
     if model_config.features == 'conv':
       if model_config.norm not in networks.NORMS:
         raise errors.UserError(
             f'config.model.norm={model_config.norm!r} is unknown; use one of '
             f'{", ".join(networks.NORMS)}.')
       self.module = ConvFeatures(model_config.width, model_config.depth,
-                                 model_config.norm, activation)
+                                 model_config.norm, activation, beta)
     else:
       self.module = MLPFeatures(model_config.width, model_config.depth,
-                                activation)
+                                activation, beta)
     self.nets_per_step = model_config.nets_per_step
     num_pixels = 1
     for size in self.image_shape:

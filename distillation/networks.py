@@ -15,6 +15,14 @@ NORMS = ('instance', 'none')
 ACTIVATIONS = {'relu': nn.relu, 'softplus': nn.softplus}
 
 
+def activate(x: jax.Array, activation: str, beta: float = 1.0) -> jax.Array:
+  """ACTIVATIONS[activation](x); softplus(beta x) / beta for softplus,
+  which tends to ReLU as beta grows while staying smooth (RCIG: beta 60)."""
+  if activation == 'softplus':
+    return nn.softplus(beta * x) / beta
+  return ACTIVATIONS[activation](x)
+
+
 class InstanceNorm(nn.Module):
   """Normalizes each sample's channels over height and width, then applies a
   learned per-channel scale and bias (GroupNorm with one group a channel)."""
@@ -43,14 +51,14 @@ class ConvNet(nn.Module):
 
 
 def conv_blocks(x: jax.Array, width: int, depth: int, norm: str,
-                activation: str = 'relu') -> jax.Array:
+                activation: str = 'relu', beta: float = 1.0) -> jax.Array:
   """The ConvNet without its dense layer; called inside a compact method,
   its layers belong to (and are named in) the calling module."""
   for _ in range(depth):
     x = nn.Conv(width, (3, 3), padding='SAME')(x)
     if norm == 'instance':
       x = InstanceNorm()(x)
-    x = ACTIVATIONS[activation](x)
+    x = activate(x, activation, beta)
     # A 1-pixel map is not pooled further (8x8 digits reach it at depth 3);
     # odd sizes round down, as PyTorch's AvgPool2d does.
     if min(x.shape[1:3]) >= 2:
@@ -81,9 +89,9 @@ class MLP(nn.Module):
 
 
 def mlp_layers(x: jax.Array, width: int, depth: int,
-               activation: str = 'relu') -> jax.Array:
+               activation: str = 'relu', beta: float = 1.0) -> jax.Array:
   """The MLP's hidden layers (flattening first), as `conv_blocks`."""
   x = x.reshape((x.shape[0], -1))
   for _ in range(depth):
-    x = ACTIVATIONS[activation](nn.Dense(width)(x))
+    x = activate(nn.Dense(width)(x), activation, beta)
   return x

@@ -155,9 +155,10 @@ class LinearizedTest(parameterized.TestCase):
       np.testing.assert_allclose(float(left), true, rtol=1e-6)
       self.assertGreater(float(left), 1e-10)
 
-  @parameterized.parameters('conv', 'mlp')
-  def test_linearization_is_the_network_and_its_derivative(self, features):
-    config = _config(features)
+  @parameterized.parameters(('conv', 1.), ('mlp', 1.), ('mlp', 60.))
+  def test_linearization_is_the_network_and_its_derivative(self, features,
+                                                           beta):
+    config = _config(features, softplus_beta=beta)
     with jax.enable_x64(True):
       distiller = outer.Distiller(config)
       model = distiller.inner_model
@@ -349,6 +350,8 @@ class LinearizedTest(parameterized.TestCase):
        'logistic head'),
       ('body_l2reg', dict(body_l2reg=0.0), '^config.model.body_l2reg=0.0'),
       ('activation', dict(activation='tanh'), "^config.model.activation="),
+      ('softplus_beta', dict(softplus_beta=0.0),
+       '^config.model.softplus_beta=0.0 must be positive'),
       ('pixels', dict(features='pixels'), '^config.model.linearize=True'),
       ('implicit_maxiter', dict(implicit_maxiter=0),
        '^config.inner.implicit_maxiter=0'))

@@ -43,6 +43,23 @@ class NetworksTest(parameterized.TestCase):
     expected = (x - mean) / np.sqrt(var + 1e-5) * [2., 0.5] + [1., -1.]
     np.testing.assert_allclose(out, expected, rtol=1e-10)
 
+  def test_softplus_beta_matches_numpy_and_approaches_relu(self):
+    x = np.linspace(-3., 3., 61)
+    with jax.enable_x64(True):
+      for beta in (1., 60.):
+        np.testing.assert_allclose(
+            networks.activate(x, 'softplus', beta),
+            np.logaddexp(0., beta * x) / beta, rtol=1e-12)
+      # Within log(2) / beta of ReLU, everywhere.
+      gap = (np.asarray(networks.activate(x, 'softplus', 60.))
+             - np.maximum(x, 0.))
+      self.assertLessEqual(gap.max(), np.log(2.) / 60. + 1e-12)
+      self.assertGreaterEqual(gap.min(), 0.)
+    # beta = 1 is flax's softplus itself, to the bit (older configs).
+    x32 = x.astype(np.float32)
+    np.testing.assert_array_equal(networks.activate(x32, 'softplus'),
+                                  jax.nn.softplus(x32))
+
   def test_avg_pool_drops_the_odd_edge(self):
     x = np.arange(2 * 5 * 4 * 1, dtype=np.float64).reshape(2, 5, 4, 1)
     out = networks.avg_pool(x)
