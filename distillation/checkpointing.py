@@ -120,7 +120,8 @@ _ABSENT_MEANS = {'inner.loss': 'logistic', 'model.pool_size': 0,
                  'model.pool_learning_rate': 3e-4, 'model.pool_steps': 1,
                  'model.pool_max_updates': 100,
                  'model.pool_data': 'distilled', 'model.linearize': False,
-                 'model.body_l2reg': 1e-3, 'model.activation': 'relu'}
+                 'model.body_l2reg': 1e-3, 'model.activation': 'relu',
+                 'model.softplus_beta': 1.0}
 
 
 def _problem_fields(config: dict[str, Any]) -> dict[str, Any]:

@@ -242,6 +242,16 @@ class CheckCompatibleTest(absltest.TestCase):
         "'real' now"):
       self._check(config, self.data)
 
+  def test_a_record_from_before_softplus_beta_meant_softplus(self):
+    del self.meta['problem']['model.softplus_beta']
+    config = self.config.copy_and_resolve_references()
+    self._check(config, self.data)
+    config.model.softplus_beta = 60.0
+    with self.assertRaisesRegex(
+        errors.UserError, 'model.softplus_beta: 1.0 in the checkpoint, 60.0 '
+        'now'):
+      self._check(config, self.data)
+
   def test_other_shapes_name_the_arrays_and_fields(self):
     config = self.config.copy_and_resolve_references()
     config.distill.images_per_class = 2
