@@ -219,6 +219,10 @@ def plot(rows: list[dict], path: str) -> bool:
     ax.set_xlabel('images per class')
     ax.set_ylabel('test accuracy (%)')
     ax.grid(alpha=0.3)
+  for i, dataset in enumerate(datasets):
+    for j, evaluator in enumerate(evaluators):
+      if (dataset, evaluator) not in panels:
+        axes[i][j].axis('off')  # This dataset's runs had no such evaluator.
   figure.tight_layout()
   figure.savefig(path, dpi=110)
   return True
