@@ -17,7 +17,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 
 from absl import flags
 import jax
@@ -32,6 +31,7 @@ from distillation import errors
 from distillation import input_pipeline
 from distillation import outer
 from distillation import parallel
+import timing  # This directory's, on the path as the script's own.
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('config', 'configs/conv.py:fashion_mnist,ipc=10,size=cpu',
@@ -40,14 +40,8 @@ flags.DEFINE_integer('repeats', 20, 'Timed calls per measurement.',
                      lower_bound=1)
 
 
-def _time_ms(fn, *args):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(FLAGS.repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times))
+def _time_ms(fn, *args) -> float:
+  return 1e3 * timing.median_seconds(fn, *args, repeats=FLAGS.repeats)
 
 
 def main(argv):

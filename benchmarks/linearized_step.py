@@ -17,7 +17,6 @@ update. Writes a markdown table with the machine and jax version
 import os
 import platform
 import sys
-import time
 
 from absl import flags
 import jax
@@ -32,6 +31,7 @@ from distillation import errors
 from distillation import input_pipeline
 from distillation import outer
 from distillation import parallel
+import timing  # This directory's, on the path as the script's own.
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -42,13 +42,7 @@ flags.DEFINE_string('out', None, 'Markdown file to write (else: print only).')
 
 
 def _time_ms(fn, *args) -> float:
-  jax.block_until_ready(fn(*args))  # Compiles.
-  times = []
-  for _ in range(FLAGS.repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times))
+  return 1e3 * timing.median_seconds(fn, *args, repeats=FLAGS.repeats)
 
 
 def main(argv):

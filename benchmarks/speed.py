@@ -43,6 +43,7 @@ from distillation import errors
 from distillation import input_pipeline
 from distillation import outer
 from distillation import parallel
+import timing  # This directory's, on the path as the script's own.
 
 with warnings.catch_warnings():
   warnings.simplefilter('ignore')
@@ -64,17 +65,6 @@ flags.DEFINE_list('solvers', ['newton', 'lbfgs'],
 
 def _block(tree):
   return jax.block_until_ready(tree)
-
-
-def _median_seconds(fn, *args, repeats):
-  """Median wall time of fn(*args) after one warm-up call."""
-  _block(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    _block(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def _data(config):
@@ -255,14 +245,14 @@ def forward_backward_ms(train, repeats):
     return jax.grad(lambda w: jnp.mean(
         optax.softmax_cross_entropy_with_integer_labels(x @ w, y)))(w)
 
-  return 1e3 * _median_seconds(grad, jnp.zeros((784, 10)), x, y,
+  return 1e3 * timing.median_seconds(grad, jnp.zeros((784, 10)), x, y,
                                repeats=repeats)
 
 
 def copy_bandwidth_gbs(nbytes=1 << 30, repeats=10):
   """Device copy bandwidth (bytes read + written per second)."""
   x = jnp.ones(nbytes // 4, jnp.float32)
-  seconds = _median_seconds(jax.jit(lambda x: x * 1.0), x, repeats=repeats)
+  seconds = timing.median_seconds(jax.jit(lambda x: x * 1.0), x, repeats=repeats)
   return 2 * nbytes / seconds / 1e9
 
 
