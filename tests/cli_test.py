@@ -81,7 +81,7 @@ class ParseFlagsTest(parameterized.TestCase):
     self.assertRegex(error, f'^ERROR: --config={conv}:bad cannot be loaded '
                      r"\(ValueError: 'bad' is not valid; use "
                      r'configs/conv.py:DATASET,.* size one of paper '
-                     r'\(default\), cpu; pool one of 0 \(default\), 1; '
+                     r'\(default\), cpu; pool one of 0, 1; '
                      r'inner one of head \(default\), linearized\.\)\.$')
     self.assertLen(error.splitlines(), 1)
     error = _parse(f'--config={conv}:digits,ipc=1,size=cpu', '--workdir=w',
