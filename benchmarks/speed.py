@@ -246,13 +246,14 @@ def forward_backward_ms(train, repeats):
         optax.softmax_cross_entropy_with_integer_labels(x @ w, y)))(w)
 
   return 1e3 * timing.median_seconds(grad, jnp.zeros((784, 10)), x, y,
-                               repeats=repeats)
+                                     repeats=repeats)
 
 
 def copy_bandwidth_gbs(nbytes=1 << 30, repeats=10):
   """Device copy bandwidth (bytes read + written per second)."""
   x = jnp.ones(nbytes // 4, jnp.float32)
-  seconds = timing.median_seconds(jax.jit(lambda x: x * 1.0), x, repeats=repeats)
+  seconds = timing.median_seconds(jax.jit(lambda x: x * 1.0), x,
+                                  repeats=repeats)
   return 2 * nbytes / seconds / 1e9
 
 
